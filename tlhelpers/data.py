@@ -1,0 +1,318 @@
+"""Datasets by name, offline first, with seeded few-shot subsets and real sample photos.
+
+``load_dataset(name, split)`` returns a torch ``Dataset`` of ``(image, label)`` pairs whose
+images are RGB PIL images (grayscale sets are converted to 3 channels), so any torchvision
+weights' ``transforms()`` applies, at whatever resolution that transform asks for. Every
+dataset has ``.classes`` and ``.targets``.
+
+Sources, and where each one comes from:
+
+* ``fashion-mnist`` (the default teaching set): ``data/FashionMNIST/raw`` -> the Debian package
+  ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), decompressed into
+  torchvision's layout and content-checked -> torchvision's download.
+* ``digits``: scikit-learn's 8x8 handwritten digits, shipped inside scikit-learn.
+* ``imagefolder``: your own ``root/{train,val}/<class>/*.jpg`` tree.
+* ``hymenoptera``: the PyTorch tutorial's ants/bees photos, downloaded when online.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+
+from tlhelpers.assets import AssetError
+
+SPLITS = ("train", "val")
+DATASETS = ("fashion-mnist", "digits", "imagefolder", "hymenoptera")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+#: sha256 of the decompressed IDX files (identical to torchvision's after gunzip).
+FASHION_MNIST_FILES = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+
+class DatasetUnavailableError(AssetError):
+    """A dataset is not on disk and could not be fetched; the message lists what was tried."""
+
+
+def data_dir() -> Path:
+    """The course's data folder: ``$TLHELPERS_DATA`` or ``data/`` at the project root."""
+    configured = os.environ.get("TLHELPERS_DATA")
+    return Path(configured) if configured else Path(__file__).resolve().parents[1] / "data"
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+def fashion_mnist_raw_dir() -> Path:
+    return data_dir() / "FashionMNIST" / "raw"
+
+
+def fashion_mnist_ready() -> bool:
+    raw = fashion_mnist_raw_dir()
+    return all((raw / name).exists() for name in FASHION_MNIST_FILES)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _install_from_gz(source_dir: Path, raw: Path) -> None:
+    """Decompress the four IDX files into ``raw``, checking each one's content first."""
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, expected in FASHION_MNIST_FILES.items():
+        target = raw / name
+        if target.exists() and _sha256(target) == expected:
+            continue
+        source = source_dir / f"{name}.gz"
+        if not source.exists():
+            raise FileNotFoundError(f"{source} is missing")
+        with tempfile.NamedTemporaryFile(dir=raw, delete=False, suffix=".partial") as tmp:
+            with gzip.open(source, "rb") as src:
+                shutil.copyfileobj(src, tmp)
+        if _sha256(Path(tmp.name)) != expected:
+            os.unlink(tmp.name)
+            raise ValueError(f"{source} decompresses to content that is not Fashion-MNIST's {name}")
+        os.replace(tmp.name, target)
+
+
+def prepare_fashion_mnist(sources: Sequence[Path] = (DEBIAN_FASHION_MNIST,),
+                          download: bool = True) -> Path:
+    """Make sure ``data/FashionMNIST/raw`` holds the dataset; return that folder.
+
+    Tries the data folder, then each folder of ``.gz`` files in ``sources`` (by default the
+    Debian package's), then torchvision's download. Raises :class:`DatasetUnavailableError`
+    naming every source tried and how to get the data.
+    """
+    raw = fashion_mnist_raw_dir()
+    if fashion_mnist_ready():
+        return raw
+    tried = [f"{raw} (not there)"]
+    for source in sources:
+        try:
+            _install_from_gz(Path(source), raw)
+            return raw
+        except (FileNotFoundError, ValueError, OSError) as error:
+            tried.append(f"{source}: {error}")
+    if download:
+        try:
+            import torchvision
+
+            torchvision.datasets.FashionMNIST(str(data_dir()), train=True, download=True)
+            if fashion_mnist_ready():
+                return raw
+            tried.append("torchvision's download finished but the files are incomplete")
+        except Exception as error:  # no network
+            tried.append(f"torchvision's download: {type(error).__name__}: {error}")
+    for leftover in raw.glob("*.partial") if raw.exists() else []:
+        leftover.unlink()
+    raise DatasetUnavailableError(
+        "Fashion-MNIST is not available. Tried:\n  - " + "\n  - ".join(tried) +
+        "\nTo fix it: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or run once "
+        "with internet, or copy the four *-ubyte files into " + str(raw) +
+        ". The `digits` dataset needs no download and works everywhere."
+    )
+
+
+class _GrayToRGB(Dataset):
+    """Wrap a dataset of uint8 grayscale tensors as RGB PIL images plus labels."""
+
+    def __init__(self, images: torch.Tensor, targets: Sequence[int], classes: list[str],
+                 transform: Callable | None = None):
+        self.images = images
+        self.targets = list(int(t) for t in targets)
+        self.classes = classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index].numpy(), mode="L").convert("RGB")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
+def _fashion_mnist(split: str, transform: Callable | None) -> Dataset:
+    import torchvision
+
+    prepare_fashion_mnist()
+    base = torchvision.datasets.FashionMNIST(str(data_dir()), train=split == "train", download=False)
+    return _GrayToRGB(base.data, base.targets.tolist(), list(base.classes), transform)
+
+
+def _digits(split: str, transform: Callable | None) -> Dataset:
+    """scikit-learn's digits: a fixed stratified 80/20 split, 0..16 scaled to 0..255."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8))
+    index = np.arange(len(bunch.target))
+    train_idx, val_idx = train_test_split(index, test_size=0.2, random_state=0, stratify=bunch.target)
+    chosen = train_idx if split == "train" else val_idx
+    classes = [str(c) for c in bunch.target_names]
+    return _GrayToRGB(images[chosen], bunch.target[chosen].tolist(), classes, transform)
+
+
+# --------------------------------------------------------------------------- ImageFolder
+
+def _readable(path: str) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except Exception:
+        warnings.warn(f"Skipping unreadable image {path}", stacklevel=3)
+        return False
+
+
+def _image_folder(root: Path, split: str, transform: Callable | None) -> Dataset:
+    import torchvision
+
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder} does not exist. An image folder needs root/train/<class>/*.jpg and "
+            f"root/val/<class>/*.jpg; pass root= the folder that holds train/ and val/."
+        )
+
+    def is_valid(path: str) -> bool:
+        return path.lower().endswith(IMAGE_EXTENSIONS) and _readable(path)
+
+    try:
+        dataset = torchvision.datasets.ImageFolder(
+            str(folder), transform=transform, is_valid_file=is_valid,
+            loader=lambda p: Image.open(p).convert("RGB"),
+        )
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"No readable images in {folder}: expected {folder}/<class>/<image> with one of "
+            f"{', '.join(IMAGE_EXTENSIONS)}. ({error})"
+        ) from None
+    return dataset
+
+
+def _hymenoptera_root(download: bool = True) -> Path:
+    root = data_dir() / "hymenoptera_data"
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return root
+    tried = [f"{root} (not there)"]
+    if download:
+        archive = data_dir() / "hymenoptera_data.zip.partial"
+        try:
+            data_dir().mkdir(parents=True, exist_ok=True)
+            with urllib.request.urlopen(HYMENOPTERA_URL, timeout=30) as response, open(archive, "wb") as out:
+                shutil.copyfileobj(response, out)
+            with zipfile.ZipFile(archive) as zipped, tempfile.TemporaryDirectory(dir=data_dir()) as tmp:
+                zipped.extractall(tmp)
+                os.replace(Path(tmp) / "hymenoptera_data", root)
+            return root
+        except Exception as error:
+            tried.append(f"download {HYMENOPTERA_URL}: {type(error).__name__}: {error}")
+        finally:
+            archive.unlink(missing_ok=True)
+    raise DatasetUnavailableError(
+        "The ants/bees (hymenoptera) set is not available. Tried:\n  - " + "\n  - ".join(tried) +
+        f"\nTo fix it: run once with internet, or unzip {HYMENOPTERA_URL} into {data_dir()}. "
+        "Offline, use DATASET='fashion-mnist' or 'digits', or your own photos with 'imagefolder'."
+    )
+
+
+# --------------------------------------------------------------------------- public API
+
+def few_shot_indices(targets: Sequence[int], per_class: int, seed: int = 0) -> list[int]:
+    """Seeded, stratified choice of ``per_class`` indices per class, in dataset order."""
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be a positive integer or None, got {per_class!r}")
+    targets_t = torch.as_tensor(list(targets))
+    generator = torch.Generator().manual_seed(seed)
+    chosen: list[int] = []
+    for label in torch.unique(targets_t).tolist():
+        members = torch.nonzero(targets_t == label).flatten()
+        if len(members) < per_class:
+            raise ValueError(f"class {label} has only {len(members)} examples; per_class={per_class} is too many")
+        pick = members[torch.randperm(len(members), generator=generator)[:per_class]]
+        chosen.extend(pick.tolist())
+    return sorted(chosen)
+
+
+class FewShot(Subset):
+    """A Subset that keeps ``classes`` and ``targets`` so it behaves like the full dataset."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]):
+        super().__init__(dataset, list(indices))
+        self.classes = dataset.classes
+        self.targets = [dataset.targets[i] for i in self.indices]
+
+
+def load_dataset(name: str, split: str = "train", per_class: int | None = None, seed: int = 0,
+                 transform: Callable | None = None, root: str | Path | None = None) -> Dataset:
+    """Return dataset ``name``'s ``split`` ("train" or "val"), optionally a few-shot subset.
+
+    ``per_class`` keeps that many examples of each class, chosen with ``seed`` (stratified, so
+    every class is equally represented). ``transform`` is applied to the RGB PIL image, e.g.
+    ``weights.transforms(crop_size=64, resize_size=64)``. ``root`` is the folder holding
+    ``train/`` and ``val/`` for ``"imagefolder"``.
+    """
+    if split == "test":
+        split = "val"
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} (or 'test' = 'val'), got {split!r}")
+    if name == "fashion-mnist":
+        dataset = _fashion_mnist(split, transform)
+    elif name == "digits":
+        dataset = _digits(split, transform)
+    elif name == "imagefolder":
+        if root is None:
+            raise ValueError("load_dataset('imagefolder', ...) needs root=<folder with train/ and val/>")
+        dataset = _image_folder(Path(root), split, transform)
+    elif name == "hymenoptera":
+        dataset = _image_folder(_hymenoptera_root(), split, transform)
+    else:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if per_class is not None:
+        dataset = FewShot(dataset, few_shot_indices(dataset.targets, per_class, seed))
+    return dataset
+
+
+def sample_photos() -> dict[str, Image.Image]:
+    """Real photos that ship inside packages the course already uses, as RGB PIL images.
+
+    skimage: chelsea (a cat), coffee, astronaut, rocket; scikit-learn: china (a temple),
+    flower; matplotlib: grace_hopper. Good for ImageNet inference demos without internet.
+    """
+    import matplotlib.cbook
+    import skimage.data
+    from sklearn.datasets import load_sample_image
+
+    photos = {name: Image.fromarray(getattr(skimage.data, name)())
+              for name in ("chelsea", "coffee", "astronaut", "rocket")}
+    photos["china"] = Image.fromarray(load_sample_image("china.jpg"))
+    photos["flower"] = Image.fromarray(load_sample_image("flower.jpg"))
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
+        photos["grace_hopper"] = Image.open(handle).convert("RGB")
+    return {name: image.convert("RGB") for name, image in photos.items()}

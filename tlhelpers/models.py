@@ -1,0 +1,226 @@
+"""Load torchvision classifiers, find and replace their heads, and name their blocks.
+
+Everything here works on any model from ``torchvision.models.list_models(module=torchvision.models)``
+and on plain ``nn.Sequential`` stacks that end in a ``Linear`` layer.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from tlhelpers import assets
+
+#: Where torchvision classifiers keep their head, most common first.
+HEAD_CONTAINERS = ("fc", "classifier", "heads", "head")
+#: Auxiliary classifiers (Inception v3, GoogLeNet) and the layer inside them to replace.
+AUX_HEADS = {"AuxLogits": "fc", "aux1": "fc2", "aux2": "fc2"}
+
+
+class HeadNotFoundError(ValueError):
+    """The model has no classification head this module recognises."""
+
+
+def classification_models() -> list[str]:
+    """Names of every torchvision image-classification model."""
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _resolve_weights(name: str, weights):
+    if weights is None:
+        return None
+    if isinstance(weights, torchvision.models.WeightsEnum):
+        return weights
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except ValueError as error:
+        raise ValueError(
+            f"Unknown model {name!r}. Choose one of: {', '.join(classification_models())}"
+        ) from error
+    try:
+        return enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        valid = ["DEFAULT", *enum.__members__]
+        raise ValueError(f"{name} has no weights {weights!r}; choose one of {valid}") from None
+
+
+def _available(name: str, chosen, fall_back: bool):
+    """Make sure ``chosen``'s file is cached; for "DEFAULT", accept another cached member.
+
+    Offline, MobileNetV2's DEFAULT (IMAGENET1K_V2) cannot be fetched but IMAGENET1K_V1 can; a
+    learner asking for "DEFAULT" gets the V1 weights with a warning that says so.
+    """
+    try:
+        assets.ensure_weights_file(chosen.url)
+        return chosen
+    except assets.HashMismatchError:
+        raise
+    except assets.AssetError as error:
+        if fall_back:
+            for member in type(chosen):
+                if member is not chosen and (assets.checkpoint_dir() / member.url.rsplit("/", 1)[-1]).exists():
+                    assets.ensure_weights_file(member.url)
+                    warnings.warn(f"{name}: DEFAULT weights ({chosen}) are not available offline; "
+                                  f"using the cached {member} instead.", stacklevel=3)
+                    return member
+        raise error
+
+
+def load_model(name: str, weights: str | torchvision.models.WeightsEnum | None = "DEFAULT",
+               ) -> tuple[nn.Module, Callable]:
+    """Build torchvision model ``name`` with pretrained ``weights`` and return (model, transforms).
+
+    ``weights`` is ``"DEFAULT"``, an enum member name such as ``"IMAGENET1K_V1"``, a
+    ``WeightsEnum`` member, or ``None`` for random initialisation. The transforms are the
+    preprocessing the weights were trained with (for ``weights=None``: those of the default
+    weights, so a from-scratch model sees the same inputs). The weights file is verified and,
+    when missing, fetched as :mod:`tlhelpers.assets` describes; offline, a missing file raises
+    :class:`tlhelpers.assets.AssetError` saying exactly which file and how to get it. For
+    ``"DEFAULT"`` only, another already cached weights version of the same model is used (with
+    a warning) when the default one cannot be had.
+    """
+    chosen = _resolve_weights(name, weights)
+    if chosen is not None:
+        chosen = _available(name, chosen, fall_back=weights == "DEFAULT")
+    model = torchvision.models.get_model(name, weights=chosen)
+    preprocessing = (chosen or torchvision.models.get_model_weights(name).DEFAULT).transforms()
+    return model, preprocessing
+
+
+def find_head(model: nn.Module) -> tuple[str, nn.Module]:
+    """Return (qualified name, module) of the layer that produces the class scores.
+
+    ResNet/RegNet/Inception/GoogLeNet ``fc``; VGG/AlexNet ``classifier.6``; MobileNet,
+    EfficientNet, ConvNeXt, MaxViT: the last ``Linear`` in ``classifier``; ViT ``heads.head``;
+    Swin ``head``; SqueezeNet's 1x1 convolution ``classifier.1``. Auxiliary heads are not the
+    head (``replace_head`` replaces them too). Raises :class:`HeadNotFoundError` otherwise.
+    """
+    for container in HEAD_CONTAINERS:
+        module = getattr(model, container, None)
+        if module is None or not isinstance(module, nn.Module):
+            continue
+        found = _last_scoring_layer(module)
+        if found is not None:
+            inner, layer = found
+            return (f"{container}.{inner}" if inner else container), layer
+    if isinstance(model, nn.Sequential) and len(model) and isinstance(model[-1], nn.Linear):
+        return str(len(model) - 1), model[-1]
+    described = ", ".join(f"{n}: {type(m).__name__}" for n, m in model.named_children()) or "none"
+    raise HeadNotFoundError(
+        f"No classification head found in {type(model).__name__}. Looked for a Linear layer "
+        f"(or SqueezeNet's 1x1 Conv2d) in {', '.join(HEAD_CONTAINERS)}, or a Sequential ending "
+        f"in Linear; its top-level children are [{described}]. If the head was removed "
+        f"(nn.Identity), put a layer back with model.<name> = nn.Linear(in_features, classes)."
+    )
+
+
+def _last_scoring_layer(container: nn.Module) -> tuple[str, nn.Module] | None:
+    if isinstance(container, nn.Linear):
+        return "", container
+    if not isinstance(container, nn.Sequential):
+        # e.g. ViT's `heads` is a Sequential; anything else (Identity, custom) is not a head.
+        return None
+    for name, layer in reversed(list(container.named_children())):
+        if isinstance(layer, nn.Linear):
+            return name, layer
+        if isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1):
+            return name, layer
+        if isinstance(layer, nn.Sequential):
+            inner = _last_scoring_layer(layer)
+            if inner is not None:
+                return f"{name}.{inner[0]}", inner[1]
+    return None
+
+
+def _new_layer_like(old: nn.Module, num_classes: int) -> nn.Module:
+    kwargs = {"device": old.weight.device, "dtype": old.weight.dtype}
+    if isinstance(old, nn.Linear):
+        return nn.Linear(old.in_features, num_classes, bias=old.bias is not None, **kwargs)
+    return nn.Conv2d(old.in_channels, num_classes, kernel_size=1, **kwargs)
+
+
+def _set_submodule(model: nn.Module, qualified: str, new: nn.Module) -> None:
+    parent_name, _, child = qualified.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Swap the head for a freshly initialised layer with ``num_classes`` outputs; return it.
+
+    The new layer keeps the old one's input size, device and dtype, and is trainable
+    (``requires_grad=True``, as every new layer is) even when the rest of the model is frozen.
+    Inception/GoogLeNet auxiliary heads get new final layers too, so training with them works.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    name, old = find_head(model)
+    new = _new_layer_like(old, num_classes)
+    _set_submodule(model, name, new)
+    for aux, layer_name in AUX_HEADS.items():
+        aux_module = getattr(model, aux, None)
+        if isinstance(aux_module, nn.Module) and isinstance(getattr(aux_module, layer_name, None), nn.Linear):
+            setattr(aux_module, layer_name, _new_layer_like(getattr(aux_module, layer_name), num_classes))
+    if hasattr(model, "num_classes"):
+        model.num_classes = num_classes
+    return new
+
+
+def _mobilenet_v2_groups(model: nn.Module) -> OrderedDict[str, list[str]]:
+    """stem, stage1..stage5 (one per output resolution), head_conv, classifier."""
+    features = model.features
+    groups: OrderedDict[str, list[str]] = OrderedDict(stem=["features.0"])
+    stage = 0
+    for index in range(1, len(features) - 1):
+        strided = any(isinstance(m, nn.Conv2d) and m.stride == (2, 2) for m in features[index].modules())
+        if strided or stage == 0:
+            stage += 1
+            groups[f"stage{stage}"] = []
+        groups[f"stage{stage}"].append(f"features.{index}")
+    groups["head_conv"] = [f"features.{len(features) - 1}"]
+    groups["classifier"] = ["classifier"]
+    return groups
+
+
+def layer_groups(model: nn.Module) -> OrderedDict[str, list[str]]:
+    """Ordered blocks of the network, input to output: group name -> module names.
+
+    ResNet: stem (conv1, bn1), layer1..layer4, fc. MobileNetV2: stem, stage1..stage5 (a new
+    stage wherever the resolution halves), head_conv, classifier. Any other model: its
+    top-level children that hold parameters. Every parameter belongs to exactly one group.
+    """
+    if isinstance(model, torchvision.models.ResNet):
+        return OrderedDict(stem=["conv1", "bn1"], layer1=["layer1"], layer2=["layer2"],
+                           layer3=["layer3"], layer4=["layer4"], fc=["fc"])
+    if isinstance(model, torchvision.models.MobileNetV2):
+        return _mobilenet_v2_groups(model)
+    return OrderedDict((name, [name]) for name, child in model.named_children()
+                       if any(True for _ in child.parameters()))
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters (optionally only those with ``requires_grad``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def head_features(model: nn.Module) -> int:
+    """Input width of the head: the size of the feature vector the backbone produces."""
+    _, head = find_head(model)
+    return head.in_features if isinstance(head, nn.Linear) else head.in_channels
+
+
+@torch.no_grad()
+def fingerprint(model: nn.Module) -> dict[str, object]:
+    """A small description of an architecture, to refuse checkpoints from another one."""
+    try:
+        _, head = find_head(model)
+        classes = head.out_features if isinstance(head, nn.Linear) else head.out_channels
+    except HeadNotFoundError:
+        classes = None
+    shapes = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    return {"class": type(model).__name__, "num_classes": classes, "shapes": shapes}
