@@ -1,0 +1,48 @@
+# The course's front door. `make lab` opens it, `make test` proves it; both bootstrap a fresh
+# machine first (.venv from requirements.txt, tlhelpers installed editable, offline assets).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8888
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+# Without this, OpenMP threads spin and torch slows down badly on a busy 2-core machine.
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: setup lab test unit notebooks bench simulator clean
+
+$(STAMP): requirements.txt pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	@echo "Installing the course environment into $(VENV) (a few minutes the first time)..."
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(PY) -m pip install --disable-pip-version-check -q -e . --no-deps 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@touch $@
+
+setup: $(STAMP)  ## venv + package + offline weights and data
+	$(PY) -m tlhelpers.assets fetch
+
+lab: setup  ## open the course in JupyterLab
+	@echo "Opening JupyterLab on http://$(HOST):$(PORT)/lab (Ctrl-C to stop)"
+	$(VENV)/bin/jupyter lab notebooks/ --ip=$(HOST) --port=$(PORT) --no-browser $(ROOT_FLAG)
+
+test: setup  ## the whole suite: unit tests, browser tests, every notebook through nbval
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+unit: setup  ## only the package's unit tests (fast)
+	$(PY) -m pytest tests --ignore=tests/ui -p no:cacheprovider
+
+notebooks: setup  ## re-execute every notebook in place so stored outputs match the code
+	$(PY) scripts/run_notebooks.py
+
+bench: setup  ## measure ratios side by side; writes benchmarks/results.md
+	$(PY) benchmarks/run.py
+
+simulator: setup  ## the freeze-toggle simulator as a standalone page (Voila)
+	@echo "Serving the simulator on http://$(HOST):$(PORT) (Ctrl-C to stop)"
+	$(VENV)/bin/voila notebooks/simulator.ipynb --no-browser --port=$(PORT) --Voila.ip=$(HOST)
+
+clean:
+	rm -rf $(VENV) test-artifacts

@@ -1,0 +1,99 @@
+"""Predict and score a model the right way: ``eval()`` plus ``torch.inference_mode()``.
+
+``eval()`` switches Dropout off and makes BatchNorm use its running statistics;
+``inference_mode()`` stops autograd from recording anything. Inference needs both, and each
+function here restores the model's previous train/eval mode afterwards.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Put the model in eval mode for the block, then restore every submodule's mode."""
+    modes = {name: module.training for name, module in model.named_modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for name, module in model.named_modules():
+            module.training = modes.get(name, module.training)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+@dataclass
+class Predictions:
+    """Everything one pass over a loader produced: logits, predicted labels, true labels."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    loss: float | None = None
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.logits.argmax(dim=1)
+
+    @property
+    def accuracy(self) -> float:
+        return (self.labels == self.targets).float().mean().item() if len(self.targets) else 0.0
+
+
+def predict(model: nn.Module, loader: DataLoader, device: torch.device | str | None = None,
+            loss_fn: Callable | None = None) -> Predictions:
+    """Run ``model`` over ``loader`` under eval() + inference_mode and collect the outputs.
+
+    Accuracy and loss are computed over examples, not averaged per batch, so a short last
+    batch does not skew them. With ``loss_fn`` the mean loss is filled in too.
+    """
+    device = torch.device(device) if device is not None else model_device(model)
+    logits, targets = [], []
+    total_loss = 0.0
+    with evaluating(model), torch.inference_mode():
+        for inputs, labels in loader:
+            inputs, labels = inputs.to(device), labels.to(device)
+            outputs = model(inputs)
+            if loss_fn is not None:
+                total_loss += loss_fn(outputs, labels).item() * len(labels)
+            logits.append(outputs.float().cpu())
+            targets.append(labels.cpu())
+    if not logits:
+        raise ValueError("The loader produced no batches; check the dataset and batch size.")
+    all_targets = torch.cat(targets)
+    loss = total_loss / len(all_targets) if loss_fn is not None else None
+    return Predictions(torch.cat(logits), all_targets, loss)
+
+
+def accuracy(model: nn.Module, loader: DataLoader, device: torch.device | str | None = None) -> float:
+    """Share of examples in ``loader`` whose top-1 prediction is right."""
+    return predict(model, loader, device).accuracy
+
+
+def confusion_matrix(predicted: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``num_classes x num_classes`` counts: row = true class, column = predicted class."""
+    if predicted.shape != targets.shape:
+        raise ValueError(f"predicted {tuple(predicted.shape)} and targets {tuple(targets.shape)} differ in shape")
+    index = targets.long() * num_classes + predicted.long()
+    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def top_k(model: nn.Module, batch: torch.Tensor, categories: list[str], k: int = 5,
+          ) -> list[list[tuple[str, float]]]:
+    """Top-``k`` (category, probability) pairs for each image in ``batch`` (eval + inference)."""
+    with evaluating(model), torch.inference_mode():
+        probabilities = model(batch.to(model_device(model))).softmax(dim=1).cpu()
+    values, indices = probabilities.topk(k, dim=1)
+    return [[(categories[i], float(v)) for v, i in zip(row_v, row_i)]
+            for row_v, row_i in zip(values.tolist(), indices.tolist())]
