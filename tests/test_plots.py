@@ -1,0 +1,63 @@
+"""tlhelpers.plots: the figures carry the data they were given."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import torch
+
+from tlhelpers import plots
+from tlhelpers.training import History
+
+
+def history(offset: float = 0.0) -> History:
+    h = History()
+    for epoch in range(1, 4):
+        h.append(epoch=epoch, train_loss=1.0 / epoch + offset, train_acc=0.5 + 0.1 * epoch,
+                 val_loss=1.2 / epoch + offset, val_acc=0.4 + 0.1 * epoch, lr=0.1, seconds=1.0)
+    return h
+
+
+def test_plot_history_draws_train_and_val_per_run():
+    figure = plots.plot_history({"frozen": history(), "fine-tuned": history(0.1)}, title="runs")
+    loss_ax, acc_ax = figure.axes
+    labels = [line.get_label() for line in loss_ax.get_lines()]
+    assert labels == ["frozen train", "frozen val", "fine-tuned train", "fine-tuned val"]
+    np.testing.assert_allclose(acc_ax.get_lines()[1].get_ydata(), [0.5, 0.6, 0.7])
+    assert figure._suptitle.get_text() == "runs"
+
+
+def test_plot_history_without_validation_draws_only_training():
+    h = History()
+    h.append(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=None, val_acc=None, lr=0.1, seconds=1.0)
+    loss_ax, _ = plots.plot_history(h).axes
+    assert [line.get_label() for line in loss_ax.get_lines()] == ["train"]
+
+
+def test_show_predictions_colours_right_and_wrong():
+    images = torch.zeros(3, 3, 8, 8)
+    figure = plots.show_predictions(images, [0, 1, 1], [0, 1, 0], ["cat", "dog"], columns=2)
+    titled = [ax for ax in figure.axes if ax.get_title()]
+    assert [ax.get_title() for ax in titled] == ["cat\n(cat)", "dog\n(dog)", "dog\n(cat)"]
+    assert [ax.title.get_color() for ax in titled] == ["green", "green", "red"]
+
+
+def test_to_displayable_undoes_imagenet_normalisation():
+    pixel = torch.tensor([0.2, 0.5, 0.9]).view(3, 1, 1)
+    mean = torch.tensor(plots.IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(plots.IMAGENET_STD).view(3, 1, 1)
+    np.testing.assert_allclose(plots.to_displayable((pixel - mean) / std)[0, 0], [0.2, 0.5, 0.9], atol=1e-6)
+
+
+def test_confusion_matrix_figure_writes_every_count():
+    matrix = torch.tensor([[5, 1], [0, 4]])
+    figure = plots.plot_confusion_matrix(matrix, ["a", "b"])
+    texts = sorted(t.get_text() for t in figure.axes[0].texts)
+    assert texts == ["0", "1", "4", "5"]
