@@ -1,0 +1,272 @@
+"""Measure the course's performance claims as ratios, side by side, in one run.
+
+Usage: python benchmarks/run.py [--only fit,cache,memory,notebooks,simulator] [--repeats N]
+
+Each figure compares two ways of doing the same work on this machine in the same run, repeated
+and reported as the median, so machine speed cancels out. Nothing here is asserted by the
+tests; the table goes to stdout and to benchmarks/results.md with the machine described.
+See benchmarks/README.md for what each row means and how to reproduce it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from tlhelpers import data, freezing, models, training  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results.md"
+WEIGHTS = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+SECTIONS = ("fit", "cache", "memory", "notebooks", "simulator")
+
+
+def median_of(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def fashion_loader(per_class: int, size: int, batch: int, seed: int = 0, shuffle: bool = False) -> DataLoader:
+    transform = WEIGHTS.transforms(crop_size=size, resize_size=size)
+    dataset = data.load_dataset("fashion-mnist", "train", per_class=per_class, seed=seed, transform=transform)
+    # Decode once so both contenders time the model, not PIL.
+    images = torch.stack([image for image, _ in dataset])
+    labels = torch.tensor(dataset.targets)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=batch, shuffle=shuffle,
+                      generator=generator)
+
+
+def head_model() -> nn.Module:
+    model, _ = models.load_model("mobilenet_v2", weights="IMAGENET1K_V1")
+    models.replace_head(model, 10)
+    freezing.freeze(model, "stem", "stage1", "stage2", "stage3", "stage4")
+    return model
+
+
+# --------------------------------------------------------------------------- 1. fit vs hand loop
+
+def hand_loop(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, epochs: int) -> None:
+    """The minimal loop a learner writes: no history, no progress bar, no validation."""
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        model.train()
+        freezing.frozen_bn_eval(model)
+        for inputs, labels in loader:
+            optimizer.zero_grad()
+            loss_fn(model(inputs), labels).backward()
+            optimizer.step()
+
+
+def bench_fit(repeats: int) -> list[tuple[str, str, str]]:
+    loader = fashion_loader(per_class=10, size=64, batch=25)
+    start = head_model()
+    warm = copy.deepcopy(start)  # first-call costs (allocator, kernels) must not land on one side
+    hand_loop(warm, loader, torch.optim.SGD([p for p in warm.parameters() if p.requires_grad], lr=0.01), 1)
+    ratios, identical = [], True
+    for repeat in range(repeats):
+        timings = {}
+        finals = {}
+        order = ("hand", "fit") if repeat % 2 == 0 else ("fit", "hand")
+        for contender in order:
+            model = copy.deepcopy(start)
+            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+            torch.manual_seed(0)
+            began = time.perf_counter()
+            if contender == "hand":
+                hand_loop(model, loader, optimizer, epochs=2)
+            else:
+                training.fit(model, loader, None, optimizer, 2, progress=False)
+            timings[contender] = time.perf_counter() - began
+            finals[contender] = model.state_dict()
+        ratios.append(timings["fit"] / timings["hand"])
+        identical &= all(torch.equal(finals["fit"][k], finals["hand"][k]) for k in finals["fit"])
+    return [("tlhelpers.fit / hand-written loop, time (mobilenet_v2 stages 5+ trainable, 100 imgs, 64 px, 2 epochs)",
+             f"{median_of(ratios):.3f}x", "target <= 1.05"),
+            ("tlhelpers.fit vs hand-written loop, final weights", "identical" if identical else "DIFFERENT",
+             "same seed, same data order")]
+
+
+# --------------------------------------------------------------------------- 2. feature cache
+
+def bench_cache(repeats: int, epochs: int = 10) -> list[tuple[str, str, str]]:
+    loader = fashion_loader(per_class=20, size=64, batch=32)
+    base, _ = models.load_model("mobilenet_v2", weights="IMAGENET1K_V1")
+    models.replace_head(base, 10)
+    freezing.freeze_backbone(base)
+    speedups = []
+    training.cache_features(base, loader)  # warm-up
+    for _ in range(repeats):
+        naive = copy.deepcopy(base)
+        _, head = models.find_head(naive)
+        began = time.perf_counter()
+        training.fit(naive, loader, None, torch.optim.Adam(head.parameters(), 1e-3), epochs, progress=False)
+        naive_seconds = time.perf_counter() - began
+
+        cached = copy.deepcopy(base)
+        _, head = models.find_head(cached)
+        began = time.perf_counter()
+        features = training.cache_features(cached, loader)
+        training.fit(head, DataLoader(features, batch_size=32), None, torch.optim.Adam(head.parameters(), 1e-3),
+                     epochs, progress=False)
+        speedups.append(naive_seconds / (time.perf_counter() - began))
+    return [(f"feature cache speedup, head training {epochs} epochs (mobilenet_v2, 200 imgs, 64 px)",
+             f"{median_of(speedups):.1f}x", "naive time / (one cached pass + head epochs); target >= 6x")]
+
+
+# --------------------------------------------------------------------------- 3. peak memory
+
+MEMORY_CHILD = r"""
+import os, resource, sys, torch, torchvision
+mode, size = sys.argv[1], int(sys.argv[2])
+torch.manual_seed(0)
+model = torchvision.models.mobilenet_v2(num_classes=10)
+x, y = torch.randn(32, 3, size, size), torch.randint(0, 10, (32,))
+if mode == "baseline":
+    pass
+elif mode == "no_grad":
+    model.eval()
+    with torch.no_grad():
+        for _ in range(2): model.features(x)
+else:
+    if mode == "frozen":
+        for p in model.parameters(): p.requires_grad = False
+        for p in model.classifier.parameters(): p.requires_grad = True
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    model.train()
+    for _ in range(2):
+        opt.zero_grad(); torch.nn.functional.cross_entropy(model(x), y).backward(); opt.step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_mib(mode: str, size: int) -> float:
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, mode, str(size)], capture_output=True, text=True,
+                         check=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def bench_memory(repeats: int, size: int = 224) -> list[tuple[str, str, str]]:
+    peaks = {mode: median_of([peak_rss_mib(mode, size) for _ in range(repeats)])
+             for mode in ("baseline", "full", "frozen", "no_grad")}
+    base = peaks["baseline"]
+    above = {mode: peaks[mode] - base for mode in ("full", "frozen", "no_grad")}
+    detail = ", ".join(f"{m} {peaks[m]:.0f} MiB" for m in peaks)
+    return [(f"peak RSS above an idle process: full fine-tune / frozen backbone / no_grad extraction "
+             f"(mobilenet_v2, batch 32, {size} px, CPU)",
+             f"{above['full'] / above['no_grad']:.1f} : {above['frozen'] / above['no_grad']:.1f} : 1",
+             detail)]
+
+
+# --------------------------------------------------------------------------- 4. notebooks
+
+def bench_notebooks() -> list[tuple[str, str, str]]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from run_notebooks import default_notebooks, execute
+
+    rows, total = [], 0.0
+    for path in [p for p in default_notebooks() if p.parent.name == "notebooks"]:
+        copy_path = path.with_name(f".bench_{path.name}")  # same folder, so relative paths hold
+        shutil.copyfile(path, copy_path)
+        try:
+            seconds = execute(copy_path)
+        finally:
+            copy_path.unlink(missing_ok=True)
+        total += seconds
+        rows.append((f"notebook {path.stem}, headless run with defaults", f"{seconds:.0f} s", "target < 120 s"))
+    rows.append(("whole series, headless", f"{total / 60:.1f} min", "target < 10 min on 2 cores"))
+    return rows
+
+
+# --------------------------------------------------------------------------- 5. simulator
+
+def bench_simulator(repeats: int, steps: int = 5) -> list[tuple[str, str, str]]:
+    from tlhelpers.simulator import FreezeSim
+
+    model, _ = models.load_model("mobilenet_v2", weights="IMAGENET1K_V1")
+    sim = FreezeSim(model)
+    sim.step()  # warm-up; measures and caches the default configuration
+    bare = median_of([sim.step().step_ms for _ in range(steps * repeats)])
+    measured = []
+    for repeat in range(repeats):
+        sim.clear_measurements()
+        measured.append(sim.step().step_ms)
+    return [("simulator step, default model and batch (bare)", f"{bare:.0f} ms", "target < 200 ms on 2 cores"),
+            ("simulator step with FLOP counting + saved-tensor hooks / bare step", f"{median_of(measured) / bare:.1f}x",
+             "paid once per configuration, then cached")]
+
+
+# --------------------------------------------------------------------------- report
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or cpu
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"torchvision {torchvision.__version__}, Python {platform.python_version()}, "
+            f"CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+
+
+def write_results(rows: list[tuple[str, str, str]], repeats: int) -> str:
+    lines = [
+        "# Benchmark results", "",
+        f"Machine: {machine()}.", f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, median of "
+        f"{repeats} repeats, contenders alternated within each repeat. Produced by `make bench`.", "",
+        "| measurement | result | notes |", "|---|---|---|",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",
+    ]
+    text = "\n".join(lines)
+    RESULTS.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+    rows: list[tuple[str, str, str]] = []
+    for section in chosen:
+        began = time.perf_counter()
+        if section == "fit":
+            rows += bench_fit(args.repeats)
+        elif section == "cache":
+            rows += bench_cache(args.repeats)
+        elif section == "memory":
+            rows += bench_memory(args.repeats)
+        elif section == "notebooks":
+            rows += bench_notebooks()
+        elif section == "simulator":
+            rows += bench_simulator(args.repeats)
+        print(f"[{section}: {time.perf_counter() - began:.0f} s]", file=sys.stderr, flush=True)
+    print(write_results(rows, args.repeats))
+    print(json.dumps({"rows": len(rows)}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
