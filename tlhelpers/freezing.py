@@ -47,10 +47,12 @@ def resolve(model: nn.Module, names: tuple[str, ...]) -> list[str]:
         selected.extend(m for m in matches if m not in selected)
     if unknown:
         modules = [n for n, _ in model.named_children()]
+        deeper = next((n.rsplit(".", 1)[0] for n in parameter_names if n.count(".") >= 2), None)
         raise KeyError(
-            f"Unknown layer or group {', '.join(map(repr, unknown))} (or it has no parameters). "
-            f"Groups: {', '.join(groups)}. Top-level modules: {', '.join(modules)}. "
-            f"Deeper modules work as dotted names, e.g. {parameter_names[0].rsplit('.', 1)[0]!r}."
+            f"Unknown layer or group {', '.join(map(repr, unknown))} (or it has no parameters); "
+            f"nothing was changed. Groups: {', '.join(groups)}. Top-level modules: "
+            f"{', '.join(modules)}." + (f" Deeper modules work as dotted names, e.g. {deeper!r}."
+                                        if deeper else "")
         )
     return selected
 
@@ -81,8 +83,8 @@ def freeze_backbone(model: nn.Module) -> int:
 
     Returns the number of trainable scalar parameters left.
     """
+    head_name, head = find_head(model)  # before changing anything: no head, nothing frozen
     freeze(model)
-    head_name, head = find_head(model)
     head.requires_grad_(True)
     for aux in ("AuxLogits", "aux1", "aux2"):
         if isinstance(getattr(model, aux, None), nn.Module):

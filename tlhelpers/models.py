@@ -6,6 +6,7 @@ and on plain ``nn.Sequential`` stacks that end in a ``Linear`` layer.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections import OrderedDict
 from typing import Callable
@@ -31,22 +32,29 @@ def classification_models() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+def _weights_enum(name: str):
+    """torchvision's weights enum for model ``name``; ValueError listing the models if unknown."""
+    if name not in classification_models():
+        raise ValueError(
+            f"Unknown model {name!r}. Choose one of: {', '.join(classification_models())}"
+        )
+    return torchvision.models.get_model_weights(name)
+
+
 def _resolve_weights(name: str, weights):
+    enum = _weights_enum(name)
+    valid = ["DEFAULT", *(member.name for member in enum)]  # iterating skips the DEFAULT alias
     if weights is None:
         return None
     if isinstance(weights, torchvision.models.WeightsEnum):
+        if not isinstance(weights, enum):
+            raise ValueError(f"{weights} are weights for another model; {name} takes "
+                             f"{enum.__name__} (one of {valid})")
         return weights
     try:
-        enum = torchvision.models.get_model_weights(name)
-    except ValueError as error:
-        raise ValueError(
-            f"Unknown model {name!r}. Choose one of: {', '.join(classification_models())}"
-        ) from error
-    try:
         return enum[weights] if weights != "DEFAULT" else enum.DEFAULT
-    except KeyError:
-        valid = ["DEFAULT", *enum.__members__]
-        raise ValueError(f"{name} has no weights {weights!r}; choose one of {valid}") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"{name} has no weights {weights!r}; choose one of {valid} or None") from None
 
 
 def _available(name: str, chosen, fall_back: bool):
@@ -88,7 +96,7 @@ def load_model(name: str, weights: str | torchvision.models.WeightsEnum | None =
     if chosen is not None:
         chosen = _available(name, chosen, fall_back=weights == "DEFAULT")
     model = torchvision.models.get_model(name, weights=chosen)
-    preprocessing = (chosen or torchvision.models.get_model_weights(name).DEFAULT).transforms()
+    preprocessing = (chosen or _weights_enum(name).DEFAULT).transforms()
     return model, preprocessing
 
 
@@ -157,8 +165,14 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     (``requires_grad=True``, as every new layer is) even when the rest of the model is frozen.
     Inception/GoogLeNet auxiliary heads get new final layers too, so training with them works.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    try:
+        valid = not isinstance(num_classes, bool) and operator.index(num_classes) >= 1
+    except TypeError:
+        valid = False
+    if not valid:
+        raise ValueError(f"num_classes must be a positive integer (the number of classes in your "
+                         f"dataset, e.g. len(dataset.classes)), got {num_classes!r}")
+    num_classes = operator.index(num_classes)
     name, old = find_head(model)
     new = _new_layer_like(old, num_classes)
     _set_submodule(model, name, new)
@@ -192,15 +206,19 @@ def layer_groups(model: nn.Module) -> OrderedDict[str, list[str]]:
 
     ResNet: stem (conv1, bn1), layer1..layer4, fc. MobileNetV2: stem, stage1..stage5 (a new
     stage wherever the resolution halves), head_conv, classifier. Any other model: its
-    top-level children that hold parameters. Every parameter belongs to exactly one group.
+    top-level children that hold parameters, after one group per parameter the model holds
+    directly (ViT's ``class_token``). Every parameter belongs to exactly one group.
     """
     if isinstance(model, torchvision.models.ResNet):
         return OrderedDict(stem=["conv1", "bn1"], layer1=["layer1"], layer2=["layer2"],
                            layer3=["layer3"], layer4=["layer4"], fc=["fc"])
     if isinstance(model, torchvision.models.MobileNetV2):
         return _mobilenet_v2_groups(model)
-    return OrderedDict((name, [name]) for name, child in model.named_children()
-                       if any(True for _ in child.parameters()))
+    groups: OrderedDict[str, list[str]] = OrderedDict(
+        (name, [name]) for name, _ in model.named_parameters(recurse=False))
+    groups.update((name, [name]) for name, child in model.named_children()
+                  if any(True for _ in child.parameters()))
+    return groups
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
