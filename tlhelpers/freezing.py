@@ -92,6 +92,13 @@ def freeze_backbone(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def _percent(share: float) -> str:
+    """0% and 100% exactly; small non-zero shares keep two significant digits (0.046%)."""
+    if share in (0.0, 1.0):
+        return f"{share:.0%}"
+    return f"{share * 100:.2g}%" if share < 0.001 else f"{share:.1%}"
+
+
 @dataclass
 class SummaryRow:
     group: str
@@ -128,8 +135,8 @@ class TrainableSummary:
         raise KeyError(f"No group {group!r}; groups: {', '.join(r.group for r in self.rows)}")
 
     def _table(self) -> list[tuple[str, str, str, str]]:
-        lines = [(r.group, f"{r.parameters:,}", f"{r.trainable:,}", f"{r.share:.0%}") for r in self.rows]
-        lines.append(("total", f"{self.parameters:,}", f"{self.trainable:,}", f"{self.share:.1%}"))
+        lines = [(r.group, f"{r.parameters:,}", f"{r.trainable:,}", _percent(r.share)) for r in self.rows]
+        lines.append(("total", f"{self.parameters:,}", f"{self.trainable:,}", _percent(self.share)))
         return lines
 
     def __str__(self) -> str:
