@@ -85,7 +85,7 @@ def test_fashion_mnist_from_the_debian_package_into_an_empty_data_folder(isolate
     assert files_under(isolated_data_dir) == RAW_FILES  # no staging or partial files left
     raw = data.fashion_mnist_raw_dir()
     for name, sha in data.FASHION_MNIST_FILES.items():
-        assert data._sha256(raw / name) == sha
+        assert assets.sha256_of(raw / name) == sha
 
 
 def _corrupt(kind: str, folder: Path, debian_gz: Path) -> str:

@@ -18,7 +18,6 @@ Sources, and where each one comes from:
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import tempfile
@@ -34,7 +33,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from tlhelpers.assets import AssetError
+from tlhelpers.assets import AssetError, sha256_of
 
 SPLITS = ("train", "val")
 DATASETS = ("fashion-mnist", "digits", "imagefolder", "hymenoptera")
@@ -83,16 +82,8 @@ def fashion_mnist_ready() -> bool:
                for name, size in FASHION_MNIST_SIZES.items())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_content(path: Path, name: str, origin: str) -> None:
-    if _sha256(path) != FASHION_MNIST_FILES[name]:
+    if sha256_of(path) != FASHION_MNIST_FILES[name]:
         raise ValueError(f"{origin} holds content that is not Fashion-MNIST's {name} (sha256 differs)")
 
 
