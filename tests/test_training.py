@@ -250,3 +250,11 @@ def test_check_optimizer_quiet_for_fit_style_optimizer(mobilenet_fashion):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert freezing.check_optimizer(optimizer, model) == ([], [])
+
+
+def test_cache_features_runs_a_headless_backbone_whole(digits):
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    features = training.cache_features(backbone, DataLoader(digits[1], batch_size=16))
+    assert features.tensors[0].shape == (len(digits[1]), 4)
+    with torch.inference_mode():
+        torch.testing.assert_close(features.tensors[0], backbone(digits[1].tensors[0]))

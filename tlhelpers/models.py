@@ -152,10 +152,13 @@ def _new_layer_like(old: nn.Module, num_classes: int) -> nn.Module:
     return nn.Conv2d(old.in_channels, num_classes, kernel_size=1, **kwargs)
 
 
-def _set_submodule(model: nn.Module, qualified: str, new: nn.Module) -> None:
+def swap_module(model: nn.Module, qualified: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where the submodule named ``qualified`` (e.g. ``"classifier.1"``) is; return the old one."""
     parent_name, _, child = qualified.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
     setattr(parent, child, new)
+    return old
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
@@ -175,7 +178,7 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     num_classes = operator.index(num_classes)
     name, old = find_head(model)
     new = _new_layer_like(old, num_classes)
-    _set_submodule(model, name, new)
+    swap_module(model, name, new)
     for aux, layer_name in AUX_HEADS.items():
         aux_module = getattr(model, aux, None)
         if isinstance(aux_module, nn.Module) and isinstance(getattr(aux_module, layer_name, None), nn.Linear):

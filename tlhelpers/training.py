@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tlhelpers.evaluation import evaluating, model_device, predict
 from tlhelpers.freezing import frozen_bn_eval
-from tlhelpers.models import HeadNotFoundError, find_head, fingerprint
+from tlhelpers.models import HeadNotFoundError, find_head, fingerprint, swap_module
 
 BN_POLICIES = ("frozen-eval", "train")
 
@@ -263,18 +263,15 @@ def cache_features(model: nn.Module, loader: DataLoader, device: str | torch.dev
     features are exactly what the head would see. Train the head on the result
     (``fit(head, DataLoader(features, ...), ...)``) for as many epochs as you like: the
     backbone's cost is paid once instead of every epoch. Only valid while the backbone is
-    frozen and no augmentation is used (the same image always gives the same features).
+    frozen and no augmentation is used (the same image always gives the same features). A
+    model without a recognisable head is taken to be a backbone already and run whole.
     """
     try:
-        head_name, head = find_head(model)
-    except HeadNotFoundError:
-        head_name, head = None, None
+        head_name, _ = find_head(model)
+    except HeadNotFoundError:  # already a bare backbone (e.g. its head is nn.Identity): run it all
+        head_name = None
     device = pick_device(device) if device is not None else model_device(model)
-    parent = None
-    if head_name is not None:
-        parent_name, _, child = head_name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, nn.Identity())
+    head = swap_module(model, head_name, nn.Identity()) if head_name is not None else None
     features, targets = [], []
     try:
         with evaluating(model), torch.inference_mode():
@@ -282,6 +279,6 @@ def cache_features(model: nn.Module, loader: DataLoader, device: str | torch.dev
                 features.append(model(inputs.to(device)).flatten(1).cpu())
                 targets.append(labels.cpu())
     finally:
-        if parent is not None:
-            setattr(parent, child, head)
+        if head is not None:
+            swap_module(model, head_name, head)
     return TensorDataset(torch.cat(features), torch.cat(targets))
