@@ -29,9 +29,7 @@ STEP_TIMEOUT_MS = 120_000  # one step plus, the first time, measuring the new co
 
 def _notebook(relative: str) -> Path:
     path = ROOT / relative
-    if not path.exists():
-        pytest.skip(f"{relative} does not exist yet (it is written under its own issue); "
-                    "the simulator is tested in notebooks/simulator.ipynb meanwhile")
+    assert path.exists(), f"{relative} is missing: the browser test drives the simulator in it"
     cells = json.loads(path.read_text())["cells"]
     if not any("FreezeView(" in "".join(c["source"]) for c in cells if c["cell_type"] == "code"):
         pytest.fail(f"{relative} has no code cell that shows FreezeView(...): notebook 02 must embed "
