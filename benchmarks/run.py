@@ -134,9 +134,10 @@ def bench_cache(repeats: int, epochs: int = 10) -> list[tuple[str, str, str]]:
 MEMORY_CHILD = r"""
 import os, resource, sys, torch, torchvision
 mode, size = sys.argv[1], int(sys.argv[2])
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 torch.manual_seed(0)
-model = torchvision.models.mobilenet_v2(num_classes=10)
-x, y = torch.randn(32, 3, size, size), torch.randint(0, 10, (32,))
+model = torchvision.models.mobilenet_v2(num_classes=10).to(device)
+x, y = torch.randn(32, 3, size, size, device=device), torch.randint(0, 10, (32,), device=device)
 if mode == "baseline":
     pass
 elif mode == "no_grad":
@@ -151,24 +152,27 @@ else:
     model.train()
     for _ in range(2):
         opt.zero_grad(); torch.nn.functional.cross_entropy(model(x), y).backward(); opt.step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+peak = torch.cuda.max_memory_allocated() / 1024 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(peak)
 """
 
 
-def peak_rss_mib(mode: str, size: int) -> float:
+def peak_mib(mode: str, size: int) -> float:
+    """Peak memory of a fresh process: CUDA max_memory_allocated on a GPU, else peak RSS."""
     out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, mode, str(size)], capture_output=True, text=True,
                          check=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+    return float(out.stdout.strip().splitlines()[-1]) / 1024
 
 
 def bench_memory(repeats: int, size: int = 224) -> list[tuple[str, str, str]]:
-    peaks = {mode: median_of([peak_rss_mib(mode, size) for _ in range(repeats)])
+    peaks = {mode: median_of([peak_mib(mode, size) for _ in range(repeats)])
              for mode in ("baseline", "full", "frozen", "no_grad")}
     base = peaks["baseline"]
     above = {mode: peaks[mode] - base for mode in ("full", "frozen", "no_grad")}
     detail = ", ".join(f"{m} {peaks[m]:.0f} MiB" for m in peaks)
-    return [(f"peak RSS above an idle process: full fine-tune / frozen backbone / no_grad extraction "
-             f"(mobilenet_v2, batch 32, {size} px, CPU)",
+    kind = "CUDA max_memory_allocated" if torch.cuda.is_available() else "peak RSS"
+    return [(f"{kind} above an idle process: full fine-tune / frozen backbone / no_grad extraction "
+             f"(mobilenet_v2, batch 32, {size} px)",
              f"{above['full'] / above['no_grad']:.1f} : {above['frozen'] / above['no_grad']:.1f} : 1",
              detail)]
 
