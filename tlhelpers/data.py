@@ -35,6 +35,10 @@ from torch.utils.data import Dataset, Subset
 
 from tlhelpers.assets import AssetError, sha256_of
 
+#: The per-channel mean and std every torchvision ImageNet model normalises its inputs with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 SPLITS = ("train", "val")
 DATASETS = ("fashion-mnist", "digits", "imagefolder", "hymenoptera")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

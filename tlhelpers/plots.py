@@ -13,10 +13,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from tlhelpers.data import IMAGENET_MEAN, IMAGENET_STD
 from tlhelpers.training import History
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def plot_history(histories: History | Mapping[str, History], title: str = "") -> Figure:

@@ -16,9 +16,6 @@ from torchvision import transforms as T
 
 from tlhelpers import data
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class Batch(NamedTuple):
     """Images (N, 3, H, W), integer labels (N,), the class names and where they came from."""
@@ -32,7 +29,7 @@ class Batch(NamedTuple):
 def batch_transform(image_size: int = 64) -> T.Compose:
     """Resize, centre-crop, to tensor, ImageNet normalisation (what torchvision weights expect)."""
     return T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                      T.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])
 
 
 def default_batch(size: int = 8, image_size: int = 64, seed: int = 0,
