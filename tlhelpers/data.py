@@ -17,6 +17,7 @@ Sources, and where each one comes from:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -33,7 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from tlhelpers.assets import AssetError, sha256_of
+from tlhelpers.files import AssetError, atomic_write, md5_of, sha256_of
 
 #: The per-channel mean and std every torchvision ImageNet model normalises its inputs with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -86,25 +87,33 @@ def fashion_mnist_ready() -> bool:
                for name, size in FASHION_MNIST_SIZES.items())
 
 
-def _check_content(path: Path, name: str, origin: str) -> None:
-    if sha256_of(path) != FASHION_MNIST_FILES[name]:
-        raise ValueError(f"{origin} holds content that is not Fashion-MNIST's {name} (sha256 differs)")
+def _install_checked(sources: dict[str, Path], write: Callable[[Path, Path], None]) -> None:
+    """Write the four IDX files into the data folder, all of them or none.
+
+    ``sources`` maps each file name to where it comes from; ``write(source, target)`` puts its
+    content at ``target``. Every file is written to a temporary name and its sha256 checked;
+    only when all four are good are they renamed into place (:func:`tlhelpers.files.atomic_write`,
+    committed together).
+    """
+    raw = fashion_mnist_raw_dir()
+    with contextlib.ExitStack() as stack:
+        for name, source in sources.items():
+            staging = stack.enter_context(atomic_write(raw / name))
+            write(source, staging)
+            if sha256_of(staging) != FASHION_MNIST_FILES[name]:
+                raise ValueError(f"{source} holds content that is not Fashion-MNIST's {name} "
+                                 "(sha256 differs)")
 
 
-def _decompress_checked(source_dir: Path, staging: Path) -> None:
-    """Decompress the four ``.gz`` files from ``source_dir`` into ``staging``, checking content."""
-    for name in FASHION_MNIST_FILES:
-        source = source_dir / f"{name}.gz"
-        if not source.is_file():
-            raise FileNotFoundError(f"{source} is missing")
-        target = staging / name
-        try:
-            with gzip.open(source, "rb") as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        except (OSError, EOFError, zlib.error) as error:
-            raise ValueError(f"{source} is not a readable gzip file "
-                             f"({type(error).__name__}: {error})") from None
-        _check_content(target, name, str(source))
+def _gunzip(source: Path, target: Path) -> None:
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} is missing")
+    try:
+        with gzip.open(source, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except (OSError, EOFError, zlib.error) as error:
+        raise ValueError(f"{source} is not a readable gzip file "
+                         f"({type(error).__name__}: {error})") from None
 
 
 def _staging_dir() -> tempfile.TemporaryDirectory:
@@ -132,12 +141,6 @@ def _remove_empty(folders: list[Path]) -> None:
             pass
 
 
-def _move_into(staging_raw: Path, raw: Path) -> None:
-    raw.mkdir(parents=True, exist_ok=True)
-    for name in FASHION_MNIST_FILES:
-        os.replace(staging_raw / name, raw / name)
-
-
 def prepare_fashion_mnist(sources: Sequence[Path] | None = None, download: bool = True) -> Path:
     """Make sure ``data/FashionMNIST/raw`` holds the dataset; return that folder.
 
@@ -155,9 +158,7 @@ def prepare_fashion_mnist(sources: Sequence[Path] | None = None, download: bool 
     created = _missing_dirs(raw)
     for source in sources:
         try:
-            with _staging_dir() as staging:
-                _decompress_checked(Path(source), Path(staging))
-                _move_into(Path(staging), raw)
+            _install_checked({name: Path(source) / f"{name}.gz" for name in FASHION_MNIST_FILES}, _gunzip)
             return raw
         except (ValueError, OSError) as error:
             tried.append(f"{source}: {error}")
@@ -168,9 +169,7 @@ def prepare_fashion_mnist(sources: Sequence[Path] | None = None, download: bool 
             with _staging_dir() as staging:
                 torchvision.datasets.FashionMNIST(staging, train=True, download=True)
                 staging_raw = Path(staging) / "FashionMNIST" / "raw"
-                for name in FASHION_MNIST_FILES:
-                    _check_content(staging_raw / name, name, "torchvision's download")
-                _move_into(staging_raw, raw)
+                _install_checked({name: staging_raw / name for name in FASHION_MNIST_FILES}, shutil.copyfile)
             return raw
         except Exception as error:  # no network, HTTP error, wrong content, ...
             tried.append(f"torchvision's download: {type(error).__name__}: {error}")
@@ -228,9 +227,11 @@ def _digits(split: str, transform: Callable | None) -> Dataset:
 # --------------------------------------------------------------------------- ImageFolder
 
 def _readable(path: str) -> bool:
+    """Decode the whole image once. ``Image.verify()`` only checks the header and passes a
+    truncated JPEG, which would then fail in the middle of an epoch."""
     try:
         with Image.open(path) as image:
-            image.verify()
+            image.load()
         return True
     except Exception as error:
         warnings.warn(f"Skipping unreadable image {path} ({type(error).__name__}: {error})", stacklevel=3)

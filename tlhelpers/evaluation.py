@@ -7,31 +7,14 @@ function here restores the model's previous train/eval mode afterwards.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-
-@contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Put the model in eval mode for the block, then restore every submodule's mode."""
-    modes = {name: module.training for name, module in model.named_modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for name, module in model.named_modules():
-            module.training = modes.get(name, module.training)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
+from tlhelpers.runtime import evaluating, model_device
 
 
 @dataclass
@@ -56,9 +39,15 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device | str | N
     """Run ``model`` over ``loader`` under eval() + inference_mode and collect the outputs.
 
     Accuracy and loss are computed over examples, not averaged per batch, so a short last
-    batch does not skew them. With ``loss_fn`` the mean loss is filled in too.
+    batch does not skew them. With ``loss_fn`` the mean loss is filled in too. With an
+    explicit ``device`` the model is moved there first (as :func:`tlhelpers.training.fit`
+    does); without one, the inputs go to wherever the model already is.
     """
-    device = torch.device(device) if device is not None else model_device(model)
+    if device is not None:
+        device = torch.device(device)
+        model.to(device)
+    else:
+        device = model_device(model)
     logits, targets = [], []
     total_loss = 0.0
     with evaluating(model), torch.inference_mode():
@@ -82,9 +71,22 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device | str | 
 
 
 def confusion_matrix(predicted: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``num_classes x num_classes`` counts: row = true class, column = predicted class."""
+    """``num_classes x num_classes`` counts: row = true class, column = predicted class.
+
+    Every label and prediction must be a class index in ``0 .. num_classes - 1``; anything
+    else raises ``ValueError`` (counting it would land in another cell of the matrix).
+    """
     if predicted.shape != targets.shape:
         raise ValueError(f"predicted {tuple(predicted.shape)} and targets {tuple(targets.shape)} differ in shape")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    for name, values in (("targets", targets), ("predicted", predicted)):
+        outside = values[(values < 0) | (values >= num_classes)]
+        if len(outside):
+            raise ValueError(
+                f"{name} holds {len(outside)} value(s) outside 0..{num_classes - 1}, e.g. "
+                f"{int(outside[0])}. Pass the number of classes the labels come from (e.g. "
+                f"len(dataset.classes)), or map the labels to class indices first.")
     index = targets.long() * num_classes + predicted.long()
     return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 

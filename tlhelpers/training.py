@@ -14,54 +14,26 @@ be trained for many epochs without paying for the backbone again.
 from __future__ import annotations
 
 import os
-import random
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlhelpers.evaluation import evaluating, model_device, predict
+from tlhelpers.evaluation import predict
 from tlhelpers.freezing import frozen_bn_eval
 from tlhelpers.models import HeadNotFoundError, find_head, fingerprint, swap_module
+from tlhelpers.runtime import evaluating, model_device, pick_device, seed_everything  # noqa: F401 (re-exported for the notebooks until they import runtime)
 
 BN_POLICIES = ("frozen-eval", "train")
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint was saved from another architecture or class count."""
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch (CPU and CUDA), make cuDNN deterministic, return a generator.
-
-    Pass the generator to ``DataLoader(..., generator=g)`` so shuffling is reproducible too.
-    ``cudnn.benchmark`` picks algorithms by timing them, which is not reproducible: it is off.
-    """
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-    return torch.Generator().manual_seed(seed)
-
-
-def pick_device(preferred: str | torch.device | None = None) -> torch.device:
-    """``preferred`` if given, else CUDA, else Apple's MPS, else the CPU."""
-    if preferred is not None:
-        return torch.device(preferred)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass
