@@ -339,3 +339,20 @@ def test_sample_photos_are_seven_real_rgb_photos(sample_photos):
         assert min(photo.size) >= 300, name
         assert np.asarray(photo).std() > 20, name  # a real picture, not a blank
     assert SMALL(sample_photos["astronaut"]).shape == (3, 64, 64)
+
+
+def test_a_truncated_jpeg_is_skipped_with_a_warning_naming_it(photo_tree, sample_photos):
+    """Image.verify() passes a truncated JPEG (it reads only the header); decoding it fails, and
+    used to fail in the middle of an epoch. Scanning now decodes every image."""
+    whole = photo_tree / "whole.jpg"
+    sample_photos["chelsea"].save(whole, quality=90)
+    truncated = photo_tree / "train" / "cat" / "truncated.jpg"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole.unlink()
+    with Image.open(truncated) as image:
+        image.verify()  # the old check lets it through
+    with pytest.warns(UserWarning, match=f"Skipping unreadable image {truncated}.*truncated"):
+        train = data.load_dataset("imagefolder", "train", root=photo_tree, transform=SMALL)
+    assert str(truncated) not in [path for path, _ in train.samples]
+    loader = torch.utils.data.DataLoader(train, batch_size=4)
+    assert sum(len(labels) for _, labels in loader) == 6  # a whole epoch runs

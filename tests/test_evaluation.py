@@ -76,3 +76,14 @@ def test_top_k_names_a_cat_on_the_cat_photo():
     assert len(top) == 5 and top[0][1] >= top[-1][1]
     assert any(name in {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"} for name, _ in top)
     assert model.training, "top_k must restore the train mode it found"
+
+
+@pytest.mark.parametrize("predicted, targets, bad", [
+    ([0, 1, 3], [0, 1, 2], "predicted holds 1 value"),
+    ([0, 1, 2], [0, 3, 2], "targets holds 1 value"),
+    ([0, 1, 2], [0, -1, 2], "targets holds 1 value"),
+])
+def test_confusion_matrix_refuses_labels_outside_the_classes(predicted, targets, bad):
+    """Before: target 3 with 3 classes was counted silently in the next row."""
+    with pytest.raises(ValueError, match=f"{bad}.*outside 0..2"):
+        evaluation.confusion_matrix(torch.tensor(predicted), torch.tensor(targets), 3)

@@ -253,3 +253,42 @@ def test_stale_gradients_and_momentum_move_frozen_weights(set_to_none, resnet18)
         assert moved == set(before)  # every frozen tensor moved too
         drift = max((resnet18.get_parameter(n) - before[n]).abs().max().item() for n in frozen(resnet18))
         assert drift > 1e-4
+
+
+def test_frozen_bn_eval_covers_batchnorm_without_parameters():
+    """affine=False BatchNorm has no parameters to freeze; it follows the layer that feeds it.
+    Before: it was never switched, so its statistics drifted in a frozen block."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4, affine=False), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 8, 8))  # materialise the lazy layer
+    freezing.freeze(model, "0")     # the first conv frozen, the rest trainable
+    model.train()
+    assert freezing.frozen_bn_eval(model) == ["1"]
+    frozen_bn, trained_bn = model[1], model[4]
+    before = frozen_bn.running_mean.clone(), trained_bn.running_mean.clone()
+    model(torch.randn(4, 3, 8, 8) + 3)
+    assert torch.equal(frozen_bn.running_mean, before[0]), "frozen block: statistics kept"
+    assert not torch.equal(trained_bn.running_mean, before[1]), "trainable block: statistics follow the data"
+
+
+@pytest.mark.parametrize("policy, expected_eval", [
+    ("frozen-eval", "frozen only"), ("eval", "all"), ("train", "none")])
+def test_set_bn_policy(policy, expected_eval, mobilenet_v2):
+    freezing.freeze_backbone(mobilenet_v2)
+    freezing.unfreeze(mobilenet_v2, "stage5")
+    mobilenet_v2.train()
+    switched = freezing.set_bn_policy(mobilenet_v2, policy)
+    bns = {n: m for n, m in mobilenet_v2.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    frozen = {n for n, m in bns.items() if not m.weight.requires_grad}
+    in_eval = {n for n, m in bns.items() if not m.training}
+    assert set(switched) == in_eval
+    assert in_eval == {"frozen only": frozen, "all": set(bns), "none": set()}[expected_eval]
+    assert frozen and frozen != set(bns)
+
+
+def test_an_unknown_bn_policy_is_refused(resnet18):
+    resnet18.train()
+    with pytest.raises(ValueError, match="'frozen-eval', 'train', 'eval'"):
+        freezing.set_bn_policy(resnet18, "freeze")
+    assert all(m.training for m in resnet18.modules())

@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import copy
+import math
 import warnings
 
 import pytest
@@ -15,7 +16,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlhelpers import data, evaluation, freezing, models, training
+from tlhelpers import data, evaluation, freezing, models, runtime, training
 
 WEIGHTS = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
 
@@ -111,32 +112,6 @@ def test_fit_keeps_frozen_batchnorm_statistics(mobilenet_fashion):
     bn.running_mean.copy_(before)
 
 
-def test_checkpoint_resume_continues_where_it_stopped(digits, tmp_path):
-    """2 epochs, a restart from the checkpoint, 2 more == 4 epochs straight, bit for bit."""
-    train_loader, val_loader = loaders(digits)
-
-    def sgd(model):  # momentum, so the optimizer state must be restored too
-        return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-
-    straight = small_cnn(dropout=0.0)
-    expected = training.fit(straight, train_loader, val_loader, sgd(straight), 4, progress=False)
-
-    path = tmp_path / "run.pt"
-    first = small_cnn(dropout=0.0)
-    training.fit(first, train_loader, val_loader, sgd(first), 2, checkpoint=path, progress=False)
-    assert path.exists() and not list(tmp_path.glob("*.partial"))
-
-    restarted = small_cnn(dropout=0.0)
-    torch.nn.init.zeros_(restarted[6].weight)  # whatever it starts from, the checkpoint wins
-    history = training.fit(restarted, train_loader, val_loader, sgd(restarted), 4, checkpoint=path,
-                           resume=True, progress=False)
-    assert history.epoch == [1, 2, 3, 4]
-    assert history.train_loss == pytest.approx(expected.train_loss)
-    for (name, a), b in zip(straight.state_dict().items(), restarted.state_dict().values()):
-        torch.testing.assert_close(a, b, msg=name)
-    assert torch.load(path, weights_only=False)["history"]["epoch"] == [1, 2, 3, 4]
-
-
 def test_resume_refuses_another_architecture_or_class_count(digits, tmp_path):
     train_loader, _ = loaders(digits)
     path = tmp_path / "ten.pt"
@@ -145,7 +120,7 @@ def test_resume_refuses_another_architecture_or_class_count(digits, tmp_path):
                  progress=False)
     three = small_cnn(3)
     before = copy.deepcopy(three.state_dict())
-    with pytest.raises(training.CheckpointMismatchError, match="10 classes.*3 classes.*not changed"):
+    with pytest.raises(training.CheckpointMismatchError, match="10 classes.*3 classes.*Nothing was changed"):
         training.fit(three, train_loader, None, torch.optim.SGD(three.parameters(), lr=0.05), 2,
                      checkpoint=path, resume=True, progress=False)
     assert all(torch.equal(before[k], v) for k, v in three.state_dict().items())
@@ -187,18 +162,40 @@ def test_bad_arguments_are_named(digits):
                      None, optimizer, 1, progress=False)
 
 
-def test_amp_on_cpu_warns_and_trains_in_float32(digits):
+def test_amp_on_cpu_warns_and_changes_nothing(digits):
+    """amp=True on the CPU must train exactly as amp=False (it is ignored, with a warning)."""
     train_loader, _ = loaders(digits)
+    runs = []
+    for amp in (False, True):
+        model = small_cnn()
+        torch.manual_seed(1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            training.fit(model, train_loader, None, torch.optim.SGD(model.parameters(), lr=0.1), 1,
+                         amp=amp, device="cpu", progress=False)
+        assert any("amp=True needs CUDA" in str(w.message) for w in caught) == amp
+        runs.append(model.state_dict())
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_amp_on_cuda_runs_in_float16_and_checkpoints_the_scaler(digits, tmp_path):
+    train_loader, val_loader = loaders(digits)
     model = small_cnn()
-    with pytest.warns(UserWarning, match="amp=True needs CUDA"):
-        history = training.fit(model, train_loader, None, torch.optim.SGD(model.parameters(), lr=0.1), 1,
-                               amp=True, device="cpu", progress=False)
-    assert len(history) == 1 and next(model.parameters()).dtype == torch.float32
+    dtypes = []
+    model[6].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype) if m.training else None)
+    history = training.fit(model, train_loader, val_loader, torch.optim.SGD(model.parameters(), lr=0.1), 2,
+                           amp=True, device="cuda", checkpoint=tmp_path / "amp.pt", progress=False)
+    assert set(dtypes) == {torch.float16}, "autocast should run the Linear layer in float16"
+    assert all(math.isfinite(v) for v in history.train_loss)
+    scaler_state = training.read_checkpoint(tmp_path / "amp.pt")["scaler"]
+    assert scaler_state and scaler_state["scale"] > 0
 
 
 def test_seed_everything_makes_runs_repeat(digits):
     def run() -> list[float]:
-        generator = training.seed_everything(7)
+        generator = runtime.seed_everything(7)
         model = small_cnn()
         loader = DataLoader(digits[0], batch_size=16, shuffle=True, generator=generator)
         return training.fit(model, loader, None, torch.optim.Adam(model.parameters(), 1e-2), 2,
@@ -208,8 +205,8 @@ def test_seed_everything_makes_runs_repeat(digits):
 
 
 def test_pick_device_prefers_what_is_asked():
-    assert training.pick_device("cpu") == torch.device("cpu")
-    assert training.pick_device().type in {"cuda", "mps", "cpu"}
+    assert runtime.pick_device("cpu") == torch.device("cpu")
+    assert runtime.pick_device().type in {"cuda", "mps", "cpu"}
 
 
 def test_cached_features_are_exactly_what_the_head_sees(mobilenet_fashion):
@@ -258,3 +255,125 @@ def test_cache_features_runs_a_headless_backbone_whole(digits):
     assert features.tensors[0].shape == (len(digits[1]), 4)
     with torch.inference_mode():
         torch.testing.assert_close(features.tensors[0], backbone(digits[1].tensors[0]))
+
+
+def test_bn_policy_eval_keeps_every_batchnorm_in_eval_while_it_learns(mobilenet_fashion):
+    model, dataset = mobilenet_fashion
+    freezing.unfreeze(model, "stage5")
+    trainable_bn = dict(model.named_modules())["features.17.conv.1.1"]
+    assert trainable_bn.weight.requires_grad
+    stats, weight = trainable_bn.running_mean.clone(), trainable_bn.weight.detach().clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    training.fit(model, DataLoader(dataset, batch_size=20), None, optimizer, 1, bn_policy="eval", progress=False)
+    assert torch.equal(trainable_bn.running_mean, stats), "eval policy: running statistics kept"
+    assert not torch.equal(trainable_bn.weight, weight), "its affine weight still learns"
+    freezing.freeze(model, "stage5")
+
+
+def test_per_batch_scheduler_and_every_groups_learning_rate(digits):
+    train_loader, _ = loaders(digits)  # 200 images, batches of 16 -> 13 steps per epoch
+    model = small_cnn()
+    optimizer = torch.optim.SGD([{"params": model[6].parameters(), "lr": 0.1},
+                                 {"params": [p for n, p in model.named_parameters() if not n.startswith("6.")],
+                                  "lr": 0.01}], momentum=0.9)
+    steps = len(train_loader)
+    one_cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[0.1, 0.01], total_steps=2 * steps)
+    history = training.fit(model, train_loader, None, optimizer, 2, scheduler=one_cycle, scheduler_step="batch",
+                           progress=False)
+    assert one_cycle.last_epoch == 2 * steps, "the scheduler stepped once per batch"
+    assert [len(lrs) for lrs in history.group_lrs] == [2, 2]
+    assert history.group_lrs[1][0] == pytest.approx(history.group_lrs[1][1] * 10)
+    assert history.lr == [lrs[0] for lrs in history.group_lrs]
+    with pytest.raises(ValueError, match="ReduceLROnPlateau needs a metric"):
+        training.fit(model, train_loader, None, optimizer, 1, scheduler_step="batch", progress=False,
+                     scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer))
+
+
+def test_no_device_sync_per_batch(digits, monkeypatch):
+    """Reading a number off the device (.item(), .tolist()) happens per epoch, not per batch."""
+    train, _ = digits
+    reads = []
+    for item_name in ("item", "tolist"):
+        original = getattr(torch.Tensor, item_name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads.append(1)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, item_name, counted)
+    for batch_size in (100, 10):  # 2 batches vs 20 batches per epoch
+        reads.clear()
+        model = small_cnn()
+        training.fit(model, DataLoader(train, batch_size=batch_size), None,
+                     torch.optim.SGD(model.parameters(), lr=0.1), 1, progress=False)
+        if batch_size == 100:
+            few = len(reads)
+    assert len(reads) == few, f"{few} reads with 2 batches but {len(reads)} with 20"
+
+
+class TinyAuxNet(nn.Module):
+    """Returns (logits, aux_logits) in train mode and logits in eval mode, like GoogLeNet."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU())
+        self.fc = nn.Linear(16, 10)
+        self.aux = nn.Linear(16, 10)
+
+    def forward(self, x):
+        features = self.body(x)
+        if self.training:
+            return torchvision.models.GoogLeNetOutputs(logits=self.fc(features), aux_logits2=self.aux(features), aux_logits1=None)
+        return self.fc(features)
+
+
+def test_train_and_validation_losses_are_the_same_loss_with_aux_heads(digits):
+    train, _ = digits
+    loader = DataLoader(train, batch_size=len(train))
+    model = TinyAuxNet()
+    history = training.fit(model, loader, loader, torch.optim.SGD(model.parameters(), lr=0.0), 1, progress=False)
+    with torch.no_grad():
+        model.train()
+        out = model(train.tensors[0])
+        main = nn.functional.cross_entropy(out.logits, train.tensors[1]).item()
+        total = main + training.AUX_LOSS_WEIGHT * nn.functional.cross_entropy(out.aux_logits2, train.tensors[1]).item()
+    assert history.train_loss[0] == pytest.approx(main, rel=1e-6)
+    assert history.train_loss[0] != pytest.approx(total, rel=1e-3)
+    assert history.val_loss[0] == pytest.approx(main, rel=1e-6), "no dropout/BN here: both see the same loss"
+
+
+class DeviceSpy:
+    """Records the devices a model is moved to, and moves it."""
+
+    def __init__(self, model):
+        self.moves = []
+        original = model.to
+
+        def to(*args, **kwargs):
+            self.moves.append(torch.device(args[0]) if args else kwargs.get("device"))
+            return original(*args, **kwargs)
+
+        model.to = to
+
+
+@pytest.mark.parametrize("call", ["predict", "cache_features"])
+def test_an_explicit_device_moves_the_model_too(digits, call):
+    model = small_cnn()
+    spy = DeviceSpy(model)
+    loader = DataLoader(digits[1], batch_size=32)
+    if call == "predict":
+        evaluation.predict(model, loader, device="cpu")
+    else:
+        training.cache_features(model, loader, device="cpu")
+    assert spy.moves == [torch.device("cpu")]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+@pytest.mark.parametrize("call", ["predict", "cache_features"])
+def test_an_explicit_cuda_device_works_for_a_cpu_model(digits, call):
+    model = small_cnn()
+    loader = DataLoader(digits[1], batch_size=32)
+    result = (evaluation.predict(model, loader, device="cuda") if call == "predict"
+              else training.cache_features(model, loader, device="cuda"))
+    assert result is not None and runtime.model_device(model).type == "cuda"

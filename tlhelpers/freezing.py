@@ -4,7 +4,8 @@ Freezing a parameter means ``requires_grad = False``: autograd computes no gradi
 an optimizer skips it (its ``.grad`` stays ``None``). Two traps this module guards against:
 
 * BatchNorm layers update their running statistics in ``train()`` mode even when their
-  parameters are frozen. :func:`frozen_bn_eval` puts such layers back into ``eval()`` mode.
+  parameters are frozen. :func:`frozen_bn_eval` puts such layers back into ``eval()`` mode;
+  :func:`set_bn_policy` applies one of the three policies ``fit`` offers.
 * An optimizer built before freezing still holds the frozen parameters. With
   ``zero_grad(set_to_none=False)``, stale gradients plus momentum or weight decay keep moving
   them. :func:`check_optimizer` warns about it.
@@ -21,6 +22,8 @@ from torch import nn
 from tlhelpers.models import find_head, layer_groups
 
 BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+#: What BatchNorm layers do while training (see :func:`set_bn_policy`).
+BN_POLICIES = ("frozen-eval", "train", "eval")
 
 
 class OptimizerMismatchWarning(UserWarning):
@@ -172,19 +175,68 @@ def trainable_summary(model: nn.Module) -> TrainableSummary:
     return TrainableSummary(rows)
 
 
+def _frozen_batchnorms(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The BatchNorm layers that count as frozen, in registration order.
+
+    A BatchNorm layer with parameters is frozen when all of them are. One without parameters
+    (``affine=False``) has nothing to freeze; it follows the layer that feeds it, taken as the
+    nearest module with parameters registered before it (the convolution in torchvision's
+    Conv-BN-activation blocks), or, when none comes before it, the whole model.
+    """
+    frozen = []
+    feeding_frozen: bool | None = None
+    for name, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if isinstance(module, BATCHNORM_TYPES):
+            if own:
+                is_frozen = not any(p.requires_grad for p in own)
+            elif feeding_frozen is not None:
+                is_frozen = feeding_frozen
+            else:
+                is_frozen = not any(p.requires_grad for p in model.parameters())
+            if is_frozen:
+                frozen.append((name, module))
+        if own:
+            feeding_frozen = not any(p.requires_grad for p in own)
+    return frozen
+
+
 def frozen_bn_eval(model: nn.Module) -> list[str]:
-    """Put every BatchNorm layer whose parameters are all frozen into ``eval()`` mode.
+    """Put every frozen BatchNorm layer into ``eval()`` mode; return the names it switched.
 
     Call it after ``model.train()``. In train mode BatchNorm normalises with the batch's
     statistics and updates its running mean/var, even when ``requires_grad`` is False: the
     "frozen" layer still changes. In eval mode it uses (and keeps) the pretrained statistics.
-    Returns the names of the layers it switched.
+    A layer counts as frozen when all its parameters are; an ``affine=False`` layer, which has
+    none, when the layer feeding it is (see :func:`_frozen_batchnorms`).
     """
     switched = []
-    for name, module in model.named_modules():
-        if isinstance(module, BATCHNORM_TYPES) and module.training:
-            params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+    for name, module in _frozen_batchnorms(model):
+        if module.training:
+            module.eval()
+            switched.append(name)
+    return switched
+
+
+def set_bn_policy(model: nn.Module, policy: str) -> list[str]:
+    """Apply a BatchNorm policy after ``model.train()``; return the names of layers put in eval.
+
+    * ``"frozen-eval"`` (the course's default): frozen BatchNorm layers in eval mode
+      (:func:`frozen_bn_eval`), trainable ones train normally;
+    * ``"eval"``: every BatchNorm layer in eval mode, trainable or not. They keep normalising
+      with the pretrained statistics while their weight and bias (if trainable) still learn:
+      what small-batch fine-tuning needs, where each batch's own statistics are too noisy;
+    * ``"train"``: leave every BatchNorm layer in train mode (batch statistics, running
+      statistics updated), as a plain ``model.train()`` does.
+    """
+    if policy not in BN_POLICIES:
+        raise ValueError(f"bn_policy must be one of {', '.join(map(repr, BN_POLICIES))}, got {policy!r}")
+    if policy == "frozen-eval":
+        return frozen_bn_eval(model)
+    switched = []
+    if policy == "eval":
+        for name, module in model.named_modules():
+            if isinstance(module, BATCHNORM_TYPES) and module.training:
                 module.eval()
                 switched.append(name)
     return switched

@@ -1,7 +1,8 @@
 """Load torchvision classifiers, find and replace their heads, and name their blocks.
 
 Everything here works on any model from ``torchvision.models.list_models(module=torchvision.models)``
-and on plain ``nn.Sequential`` stacks that end in a ``Linear`` layer.
+and on plain ``nn.Sequential`` stacks that end in a ``Linear`` layer (optionally followed by
+parameter-free layers such as ``LogSoftmax`` or ``Softmax``).
 """
 
 from __future__ import annotations
@@ -116,13 +117,17 @@ def find_head(model: nn.Module) -> tuple[str, nn.Module]:
         if found is not None:
             inner, layer = found
             return (f"{container}.{inner}" if inner else container), layer
-    if isinstance(model, nn.Sequential) and len(model) and isinstance(model[-1], nn.Linear):
-        return str(len(model) - 1), model[-1]
+    if isinstance(model, nn.Sequential):
+        for index in reversed(range(len(model))):
+            if isinstance(model[index], nn.Linear):
+                return str(index), model[index]
+            if any(True for _ in model[index].parameters()):
+                break  # a layer with parameters that is not Linear: not a classifier stack
     described = ", ".join(f"{n}: {type(m).__name__}" for n, m in model.named_children()) or "none"
     raise HeadNotFoundError(
         f"No classification head found in {type(model).__name__}. Looked for a Linear layer "
         f"(or SqueezeNet's 1x1 Conv2d) in {', '.join(HEAD_CONTAINERS)}, or a Sequential ending "
-        f"in Linear; its top-level children are [{described}]. If the head was removed "
+        f"in Linear (plus parameter-free layers such as LogSoftmax); its top-level children are [{described}]. If the head was removed "
         f"(nn.Identity), put a layer back with model.<name> = nn.Linear(in_features, classes)."
     )
 
@@ -229,15 +234,50 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+def feature_head(model: nn.Module) -> nn.Module:
+    """The part of ``model`` that turns the head's input into the model's output.
+
+    This is what to train on features from :func:`tlhelpers.training.cache_features`, which
+    are exactly the head's input. For almost every classifier it is the head itself (a
+    ``Linear`` on a feature vector). SqueezeNet's head is a 1x1 ``Conv2d`` on a feature map,
+    followed in its ``classifier`` by ReLU and pooling, and by a flatten in ``forward``: for
+    such a head this returns those layers, sharing the head module, plus ``nn.Flatten()``.
+    A plain ``nn.Sequential`` gets its head plus the parameter-free layers after it.
+    """
+    name, head = find_head(model)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if not isinstance(parent, nn.Sequential):
+        return head
+    names = [n for n, _ in parent.named_children()]
+    after = [parent.get_submodule(n) for n in names[names.index(child) + 1:]]
+    if isinstance(head, nn.Conv2d):
+        return nn.Sequential(head, *after, nn.Flatten())
+    if parent is model:
+        return nn.Sequential(head, *after) if after else head
+    return head
+
+
 def head_features(model: nn.Module) -> int:
     """Input width of the head: the size of the feature vector the backbone produces."""
     _, head = find_head(model)
     return head.in_features if isinstance(head, nn.Linear) else head.in_channels
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper, else itself.
+
+    Checkpoints are written and read through this, so a checkpoint from one process and one
+    from ``torchrun`` with N processes are interchangeable.
+    """
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
 @torch.no_grad()
 def fingerprint(model: nn.Module) -> dict[str, object]:
     """A small description of an architecture, to refuse checkpoints from another one."""
+    model = unwrap(model)
     try:
         _, head = find_head(model)
         classes = head.out_features if isinstance(head, nn.Linear) else head.out_channels
