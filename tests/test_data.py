@@ -311,7 +311,7 @@ def test_few_shot_on_an_imagefolder(photo_tree):
 
 
 @pytest.mark.parametrize("per_class, message", [
-    (1000, "class 0 has only 142 examples; per_class=1000 is too many"),
+    (1000, "digits train: class '8' has only 139 examples; per_class=1000 is too many"),
     (0, "per_class must be a positive integer or None, got 0"),
     (-5, "got -5"),
     (2.5, "got 2.5"),
@@ -356,3 +356,25 @@ def test_a_truncated_jpeg_is_skipped_with_a_warning_naming_it(photo_tree, sample
     assert str(truncated) not in [path for path, _ in train.samples]
     loader = torch.utils.data.DataLoader(train, batch_size=4)
     assert sum(len(labels) for _, labels in loader) == 6  # a whole epoch runs
+
+
+def test_at_most_adapts_to_the_smallest_class_and_says_so(photo_tree, capsys):
+    train = data.load_dataset("imagefolder", "train", per_class=30, root=photo_tree, at_most=True)
+    assert len(train) == 6 and collections.Counter(train.targets) == {0: 3, 1: 3}
+    assert "note: imagefolder train: class 'cat' has only 3 examples, so 3 per class are used instead of 30" \
+        in capsys.readouterr().out
+    assert len(data.load_dataset("imagefolder", "train", per_class=2, root=photo_tree, at_most=True)) == 4
+    assert capsys.readouterr().out == ""
+
+
+def test_too_many_per_class_names_the_split_the_class_and_the_count(photo_tree):
+    with pytest.raises(ValueError, match="imagefolder val: class 'cat' has only 2 examples; per_class=5"):
+        data.load_dataset("imagefolder", "val", per_class=5, root=photo_tree)
+
+
+def test_train_and_val_must_list_the_same_classes(photo_tree):
+    """Otherwise label 1 would mean 'coffee' in one split and another class in the other."""
+    (photo_tree / "train" / "dog").mkdir()
+    (photo_tree / "train" / "cat" / "cat0.png").rename(photo_tree / "train" / "dog" / "dog0.png")
+    with pytest.raises(ValueError, match=r"Only in train: \['dog'\]; only in val: none"):
+        data.load_dataset("imagefolder", "val", root=photo_tree)

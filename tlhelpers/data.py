@@ -258,6 +258,7 @@ def _image_folder(root: Path, split: str, transform: Callable | None) -> Dataset
             f"{folder} does not exist. An image folder needs root/train/<class>/*.jpg and "
             f"root/val/<class>/*.jpg; pass root= the folder that holds train/ and val/."
         )
+    _check_same_classes(Path(root))
     try:
         dataset = torchvision.datasets.ImageFolder(
             str(folder), transform=transform, is_valid_file=_is_image_file, loader=_load_rgb,
@@ -269,6 +270,19 @@ def _image_folder(root: Path, split: str, transform: Callable | None) -> Dataset
             f"fix or remove the files warned about above."
         ) from None
     return dataset
+
+
+def _check_same_classes(root: Path) -> None:
+    """train/ and val/ must hold the same class folders, or label 1 would mean another class in each."""
+    splits = {split: sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+              for split in SPLITS if (root / split).is_dir()}
+    if len(splits) == 2 and splits["train"] != splits["val"]:
+        only_train = sorted(set(splits["train"]) - set(splits["val"]))
+        only_val = sorted(set(splits["val"]) - set(splits["train"]))
+        raise ValueError(
+            f"{root}/train and {root}/val must hold the same class folders (labels are given in "
+            f"sorted folder order). Only in train: {only_train or 'none'}; only in val: "
+            f"{only_val or 'none'}. Add or rename folders so both splits list the same classes.")
 
 
 def _hymenoptera_root(download: bool = True) -> Path:
@@ -327,13 +341,17 @@ class FewShot(Subset):
 
 
 def load_dataset(name: str, split: str = "train", per_class: int | None = None, seed: int = 0,
-                 transform: Callable | None = None, root: str | Path | None = None) -> Dataset:
+                 transform: Callable | None = None, root: str | Path | None = None, *,
+                 at_most: bool = False) -> Dataset:
     """Return dataset ``name``'s ``split`` ("train" or "val"), optionally a few-shot subset.
 
     ``per_class`` keeps that many examples of each class, chosen with ``seed`` (stratified, so
-    every class is equally represented). ``transform`` is applied to the RGB PIL image, e.g.
-    ``weights.transforms(crop_size=64, resize_size=64)``. ``root`` is the folder holding
-    ``train/`` and ``val/`` for ``"imagefolder"``.
+    every class is equally represented). A class with fewer examples is an error naming the
+    split, the class and the count, unless ``at_most=True``: then ``per_class`` is an upper
+    bound, every class gets as many as the smallest one has, and a note says so. That is what
+    the notebooks use, so they run on a learner's small folder. ``transform`` is applied to the
+    RGB PIL image, e.g. ``weights.transforms(crop_size=64, resize_size=64)``. ``root`` is the
+    folder holding ``train/`` and ``val/`` for ``"imagefolder"``.
     """
     if split == "test":
         split = "val"
@@ -352,8 +370,28 @@ def load_dataset(name: str, split: str = "train", per_class: int | None = None, 
     else:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if per_class is not None:
+        per_class = _check_per_class(dataset, per_class, f"{name} {split}", at_most)
         dataset = FewShot(dataset, few_shot_indices(dataset.targets, per_class, seed))
     return dataset
+
+
+def _check_per_class(dataset: Dataset, per_class: int, what: str, at_most: bool) -> int:
+    """``per_class`` if every class has that many examples; else the smallest count (with a
+    printed note) when ``at_most``, else a ValueError naming the class and its count."""
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be a positive integer or None, got {per_class!r}")
+    counts = np.bincount(np.asarray(dataset.targets, dtype=np.int64), minlength=len(dataset.classes))
+    smallest = int(counts.argmin())
+    if counts[smallest] >= per_class:
+        return per_class
+    name, have = dataset.classes[smallest], int(counts[smallest])
+    if at_most and have >= 1:
+        print(f"note: {what}: class {name!r} has only {have} examples, so {have} per class are used "
+              f"instead of {per_class}")
+        return have
+    raise ValueError(f"{what}: class {name!r} has only {have} examples; per_class={per_class} is too "
+                     "many. Use a smaller per_class, add examples, or at_most=True to use as many as "
+                     "the smallest class has.")
 
 
 def sample_photos() -> dict[str, Image.Image]:
