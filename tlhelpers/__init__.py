@@ -1,7 +1,17 @@
 """tlhelpers: the tested code behind the transfer-learning notebooks.
 
-Modules, in the order data flows: assets -> models -> freezing -> data -> training ->
-evaluation -> plots; simulator builds on models and freezing.
+Modules, bottom to top; each imports only modules of lower layers (tests/test_layers.py checks):
+
+1. ``files`` (file integrity, atomic writes, asset errors), ``runtime`` (seeds, random state,
+   device, train/eval mode), ``compare`` (verdicts over seeds): they import nothing else here.
+2. ``data``: datasets by name, few-shot subsets, sample photos.
+3. ``assets``: torchvision's weights offline; ``fetch`` provisions weights and data.
+4. ``models``: load, find and replace heads, layer groups.
+5. ``freezing``: freeze by name, BatchNorm policies, optimizer checks.
+6. ``evaluation``: predict under eval + inference_mode, accuracy, confusion matrix.
+7. ``training``: ``fit``, checkpoints, the feature cache.
+8. ``plots``: figures.
+9. ``simulator``: the freeze-toggle simulator (``FreezeSim``, pure PyTorch, and its widget).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
