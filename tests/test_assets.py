@@ -324,3 +324,17 @@ def test_fetch_provisions_weights_and_data(isolated_torch_home, isolated_data_di
         f"FashionMNIST/raw/{name}" for name in data.FASHION_MNIST_FILES)
     assert "ok  mobilenet_v2 weights" in capsys.readouterr().out
     shutil.rmtree(isolated_data_dir)  # 55 MB: do not keep it in tmp
+
+
+def test_the_fetch_command_prints_a_clear_error_not_a_traceback(isolated_data_dir, tmp_path):
+    """`python -m tlhelpers.assets fetch` runs assets as __main__; its except clause must still
+    catch the dataset error (before: two AssetError classes, and a traceback)."""
+    script = ("import runpy, pathlib, tlhelpers.data as d\n"
+              f"d.DEBIAN_FASHION_MNIST = pathlib.Path({str(tmp_path / 'no-debian')!r})\n"
+              "runpy.run_module('tlhelpers.assets', run_name='__main__')\n")
+    env = dict(os.environ, TLHELPERS_DATA=str(isolated_data_dir), PYTHONPATH=str(Path(assets.__file__).parents[1]))
+    result = subprocess.run([sys.executable, "-c", script, "fetch"], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Fashion-MNIST is not available"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

@@ -61,3 +61,14 @@ def test_confusion_matrix_figure_writes_every_count():
     figure = plots.plot_confusion_matrix(matrix, ["a", "b"])
     texts = sorted(t.get_text() for t in figure.axes[0].texts)
     assert texts == ["0", "1", "4", "5"]
+
+
+def test_figures_are_closed_so_a_notebook_shows_them_once():
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    figures = [plots.plot_history(history()),
+               plots.plot_confusion_matrix(torch.eye(3, dtype=torch.long), ["a", "b", "c"]),
+               plots.show_predictions(torch.zeros(2, 3, 8, 8), [0, 1], [0, 0], ["a", "b"])]
+    assert plt.get_fignums() == [], "an open pyplot figure is drawn again at the end of the cell"
+    assert all(f.dpi >= 100 for f in figures)
