@@ -1,14 +1,22 @@
-"""Re-execute notebooks in place with nbclient so stored outputs and widget state match the code.
+"""Execute notebooks with nbclient: in place (``make notebooks``) or as a check with other parameters.
 
-Usage: python scripts/run_notebooks.py [NOTEBOOK ...]   (default: every notebooks/NN_*.ipynb)
+Usage:
+    python scripts/run_notebooks.py [NOTEBOOK ...]                  # re-execute, store outputs
+    python scripts/run_notebooks.py --check --set SEED=7 [NOTEBOOK ...]   # run with SEED = 7, write nothing
+    python scripts/run_notebooks.py --check --set DATASET='"digits"' 05_fine_tuning.ipynb
 
-Each notebook runs top to bottom in a fresh kernel with its working directory set to
-notebooks/, exactly as JupyterLab and nbval run it. The wall time of each is printed; a
-failing cell stops that notebook, leaves the file untouched and makes the exit status 1.
+Default notebooks: every notebooks/NN_*.ipynb. Each runs top to bottom in a fresh kernel with
+its working directory set to notebooks/, exactly as JupyterLab and nbval run it. ``--set
+NAME=VALUE`` (VALUE is a Python literal) adds a cell right after the tagged ``parameters`` cell
+that assigns it, as papermill does; such a run is only a check and never writes the notebook.
+The wall time of each notebook is printed; a failing cell stops that notebook, leaves the file
+untouched and makes the exit status 1.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import os
 import sys
 import time
@@ -25,34 +33,75 @@ NOTEBOOKS = ROOT / "notebooks"
 
 
 def default_notebooks() -> list[Path]:
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")) + sorted((NOTEBOOKS / "solutions").glob("*.ipynb"))
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def execute(path: Path, timeout: int = 900) -> float:
-    """Run ``path`` in place; return its wall time in seconds."""
+def parse_assignment(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` with a Python literal VALUE -> (NAME, value); ValueError otherwise."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip().isidentifier():
+        raise ValueError(f"--set needs NAME=VALUE, got {text!r}")
+    try:
+        return name.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        raise ValueError(f"--set {name.strip()}: {value!r} is not a Python literal "
+                         "(quote strings: DATASET='\"digits\"')") from None
+
+
+def inject_parameters(notebook, overrides: dict[str, object]) -> None:
+    """Insert a cell assigning ``overrides`` right after the cell tagged ``parameters``."""
+    if not overrides:
+        return
+    index = next((i for i, cell in enumerate(notebook.cells)
+                  if "parameters" in cell.get("metadata", {}).get("tags", [])), None)
+    if index is None:
+        raise ValueError("the notebook has no cell tagged 'parameters' to override")
+    source = "# Parameters injected by scripts/run_notebooks.py --set\n" + "\n".join(
+        f"{name} = {value!r}" for name, value in overrides.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    notebook.cells.insert(index + 1, cell)
+
+
+def execute(path: Path, overrides: dict[str, object] | None = None, write: bool = True,
+            timeout: int = 900) -> float:
+    """Run ``path`` (with ``overrides`` injected); store outputs when ``write``; return seconds."""
     notebook = nbformat.read(path, as_version=4)
+    inject_parameters(notebook, overrides or {})
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
                             store_widget_state=True, record_timing=False)
     began = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - began
-    nbformat.write(notebook, path)
+    if write and not overrides:
+        nbformat.write(notebook, path)
     return elapsed
 
 
 def main(argv: list[str]) -> int:
-    paths = [Path(a).resolve() for a in argv] or default_notebooks()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a parameter (a Python literal); implies --check")
+    parser.add_argument("--check", action="store_true", help="execute only; do not write the notebooks")
+    args = parser.parse_args(argv)
+    try:
+        overrides = dict(parse_assignment(text) for text in args.overrides)
+    except ValueError as error:
+        parser.error(str(error))
+    paths = [p.resolve() if p.exists() else (NOTEBOOKS / p).resolve() for p in args.notebooks] \
+        or default_notebooks()
     failed, total = [], 0.0
     for path in paths:
         try:
-            seconds = execute(path)
+            seconds = execute(path, overrides, write=not (args.check or overrides))
             total += seconds
             print(f"{seconds:7.1f} s  {path.relative_to(ROOT)}", flush=True)
         except CellExecutionError as error:
             failed.append(path)
             print(f"FAILED     {path.relative_to(ROOT)}\n{str(error)[-3000:]}", flush=True)
-    print(f"{total:7.1f} s  total ({len(paths) - len(failed)} of {len(paths)} notebooks)")
+    settings = f" with {', '.join(f'{k}={v!r}' for k, v in overrides.items())}" if overrides else ""
+    print(f"{total:7.1f} s  total ({len(paths) - len(failed)} of {len(paths)} notebooks{settings})")
     return 1 if failed else 0
 
 

@@ -72,3 +72,32 @@ def test_figures_are_closed_so_a_notebook_shows_them_once():
                plots.show_predictions(torch.zeros(2, 3, 8, 8), [0, 1], [0, 0], ["a", "b"])]
     assert plt.get_fignums() == [], "an open pyplot figure is drawn again at the end of the cell"
     assert all(f.dpi >= 100 for f in figures)
+
+
+def test_bars_over_seeds_show_mean_and_every_seed():
+    figure = plots.bars_over_seeds({"a": [0.5, 0.7, 0.6], "b": [0.2, 0.3, 0.25]}, chance=0.1)
+    ax = figure.axes[0]
+    assert [round(p.get_height(), 6) for p in ax.patches] == [0.6, 0.25]
+    dots = np.concatenate([c.get_offsets() for c in ax.collections if c.get_offsets().shape[0] == 3])
+    np.testing.assert_allclose(sorted(dots[:, 1]), sorted([0.5, 0.7, 0.6, 0.2, 0.3, 0.25]))
+
+
+def test_lines_over_seeds_draw_the_range_over_seeds():
+    figure = plots.lines_over_seeds({"probe": {5: [0.5, 0.6], 20: [0.7, 0.8]}}, xlabel="per class", log_x=True)
+    line = figure.axes[0].get_lines()[0]
+    np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float), [0.55, 0.75])
+    assert figure.axes[0].get_xscale() == "log"
+
+
+def test_learning_rates_are_on_a_log_axis_per_group():
+    h = history()
+    h.group_lrs = [[0.1, 0.01]] * 3
+    ax = plots.plot_learning_rates({"run": h}).axes[0]
+    assert ax.get_yscale() == "log" and len(ax.get_lines()) == 2
+
+
+def test_show_samples_is_balanced():
+    images = torch.zeros(6, 3, 8, 8)
+    figure = plots.show_samples(images, [0, 0, 1, 2, 1, 2], ["x", "y", "z"], per_class=2)
+    assert len(figure.axes) == 6 and [ax.get_title() for ax in figure.axes[:3]] == ["x", "y", "z"]
+    assert all(len(ax.images) == 1 for ax in figure.axes)

@@ -89,3 +89,109 @@ def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str], title: s
         ax.text(col, row, str(value), ha="center", va="center", fontsize=8,
                 color="white" if value > threshold else "black")
     return _finish(figure)
+
+
+def _spread_of(values: Sequence[float]) -> tuple[float, float, float]:
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.mean() - array.min()), float(array.max() - array.mean())
+
+
+def bars_over_seeds(results: Mapping[str, Sequence[float]], ylabel: str = "validation accuracy",
+                    title: str = "", chance: float | None = None, percent: bool = True) -> Figure:
+    """One bar per method at the mean over seeds, an error bar from the worst to the best seed,
+    and every seed as a dot: the spread a verdict has to beat is visible."""
+    names = list(results)
+    figure, ax = plt.subplots(figsize=(1.3 * len(names) + 2.5, 3.4), dpi=100)
+    for x, name in enumerate(names):
+        mean, below, above = _spread_of(results[name])
+        ax.bar(x, mean, color=f"C{x}", alpha=0.75, width=0.6)
+        ax.errorbar(x, mean, yerr=[[below], [above]], color="black", capsize=5, lw=1.2)
+        ax.scatter([x] * len(results[name]), results[name], color="black", s=12, zorder=3)
+        ax.text(x, 0.02 if percent else 0, f"{mean:.0%}" if percent else f"{mean:.3g}", ha="center",
+                va="bottom", fontsize=9, color="white", fontweight="bold")
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls=":", lw=1)
+        ax.text(len(names) - 0.5, chance, " chance", va="bottom", ha="right", fontsize=8, color="grey")
+    ax.set_xticks(range(len(names)), names, fontsize=9, rotation=15 if len(names) > 4 else 0)
+    ax.set(ylabel=ylabel, title=title or f"mean over seeds; bar: worst to best seed; dots: each seed")
+    if percent:
+        ax.set_ylim(0, 1)
+        ax.yaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
+    ax.grid(axis="y", alpha=0.3)
+    return _finish(figure)
+
+
+def lines_over_seeds(results: Mapping[str, Mapping[float, Sequence[float]]], xlabel: str,
+                     ylabel: str = "validation accuracy", title: str = "", chance: float | None = None,
+                     log_x: bool = False, ax=None) -> Figure:
+    """Per method, the mean over seeds at each x with an error bar from the worst to the best seed.
+
+    ``results[method][x]`` holds one value per seed. Pass ``ax`` to draw into a panel of a
+    larger figure (that figure is returned, and closed if it is a pyplot figure).
+    """
+    owned = ax is None
+    if owned:
+        figure, ax = plt.subplots(figsize=(6.2, 3.8), dpi=100)
+    else:
+        figure = ax.figure
+    for index, (name, by_x) in enumerate(results.items()):
+        xs = sorted(by_x)
+        stats = [_spread_of(by_x[x]) for x in xs]
+        ax.errorbar(xs, [s[0] for s in stats], yerr=[[s[1] for s in stats], [s[2] for s in stats]],
+                    marker="osD^v<>"[index % 7], capsize=3, label=name, color=f"C{index}")
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
+    if log_x:
+        ax.set_xscale("log")
+        ax.minorticks_off()
+    xs_all = sorted({x for by_x in results.values() for x in by_x})
+    ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(0, 1))
+    ax.yaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
+    ax.grid(alpha=0.3)
+    if owned:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        return _finish(figure)
+    return figure
+
+
+def plot_learning_rates(histories: History | Mapping[str, History], title: str = "") -> Figure:
+    """The learning rate each epoch started with, every param group, on a log axis."""
+    runs = {"": histories} if isinstance(histories, History) else dict(histories)
+    figure, ax = plt.subplots(figsize=(6.2, 3.2), dpi=100)
+    for index, (name, history) in enumerate(runs.items()):
+        groups = len(history.group_lrs[0]) if history.group_lrs else 1
+        for group in range(groups):
+            values = [lrs[group] for lrs in history.group_lrs] if history.group_lrs else history.lr
+            label = " ".join(part for part in (name, f"group {group}" if groups > 1 else "") if part)
+            ax.plot(history.epoch, values, marker="o", ms=3, color=f"C{index}",
+                    ls=["-", "--", ":", "-."][group % 4], label=label or None)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel="learning rate (log scale)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return _finish(figure)
+
+
+def show_samples(images: torch.Tensor, labels: Sequence[int], classes: Sequence[str], per_class: int = 1,
+                 normalized: bool = True, title: str = "") -> Figure:
+    """A balanced grid: ``per_class`` images of every class (the first ones found), one row each."""
+    labels = [int(label) for label in labels]
+    rows = per_class
+    figure, axes = plt.subplots(rows, len(classes), figsize=(1.25 * len(classes), 1.45 * rows + 0.3),
+                                squeeze=False, dpi=100)
+    for column, name in enumerate(classes):
+        found = [i for i, label in enumerate(labels) if label == column][:per_class]
+        for row in range(rows):
+            ax = axes[row][column]
+            ax.axis("off")
+            if row < len(found):
+                image = images[found[row]]
+                ax.imshow(to_displayable(image) if normalized else image.permute(1, 2, 0).numpy())
+            if row == 0:
+                ax.set_title(name, fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _finish(figure)
