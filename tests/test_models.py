@@ -292,3 +292,28 @@ def test_count_parameters_and_fingerprint(resnet18):
     fingerprint = models.fingerprint(resnet18)
     assert fingerprint["class"] == "ResNet" and fingerprint["num_classes"] == 4
     assert fingerprint["shapes"]["fc.weight"] == (4, 512)
+
+
+@pytest.mark.parametrize("name, groups", [
+    ("mobilenet_v2", ["stem", "stage1", "stage4", "stage5", "head_conv", "classifier"]),
+    ("resnet18", ["stem", "layer1", "layer3", "layer4", "fc"]),
+])
+def test_split_at_gives_the_model_back_in_two_parts(name, groups):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        for group in groups:
+            bottom, top = models.split_at(model, group)
+            torch.testing.assert_close(top(bottom(x)), expected, msg=group)
+            shared = {id(p) for p in bottom.parameters()} | {id(p) for p in top.parameters()}
+            assert shared == {id(p) for p in model.parameters()}, "the parts share the model's modules"
+            assert not {id(p) for p in bottom.parameters()} & {id(p) for p in top.parameters()}
+
+
+def test_split_at_refuses_what_it_does_not_know(build_on_meta):
+    with pytest.raises(KeyError, match="No group 'layer9'"):
+        models.split_at(torchvision.models.resnet18(), "layer9")
+    with pytest.raises(NotImplementedError, match="run the whole model instead"):
+        models.split_at(build_on_meta("vgg11"), "features")

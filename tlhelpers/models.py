@@ -229,6 +229,37 @@ def layer_groups(model: nn.Module) -> OrderedDict[str, list[str]]:
     return groups
 
 
+#: ResNet's forward, as a chain of its children (the flatten before fc is added in split_at).
+_RESNET_CHAIN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
+
+
+def split_at(model: nn.Module, group: str) -> tuple[nn.Module, nn.Module]:
+    """Cut ``model`` just before layer group ``group``: ``(bottom, top)`` with top(bottom(x)) == model(x).
+
+    Both parts share the model's modules (no copies), so training ``top`` trains the model.
+    When everything in ``bottom`` is frozen and in eval mode, its output for an image never
+    changes: compute it once (:func:`tlhelpers.training.cache_features` runs a model without a
+    head whole) and train ``top`` on it, paying for the bottom once instead of every step.
+    Supports MobileNetV2 (groups stem, stage1..stage5, head_conv, classifier) and ResNets
+    (stem, layer1..layer4, fc); other models raise ``NotImplementedError``.
+    """
+    groups = layer_groups(model)
+    if group not in groups:
+        raise KeyError(f"No group {group!r}; groups: {', '.join(groups)}")
+    if isinstance(model, torchvision.models.MobileNetV2):
+        first = groups[group][0]
+        cut = len(model.features) if first == "classifier" else int(first.split(".")[1])
+        top = nn.Sequential(model.features[cut:], nn.AdaptiveAvgPool2d(1), nn.Flatten(), model.classifier)
+        return model.features[:cut], top
+    if isinstance(model, torchvision.models.ResNet):
+        cut = {"stem": 0, "fc": len(_RESNET_CHAIN)}.get(group, _RESNET_CHAIN.index(group) if group in
+                                                           _RESNET_CHAIN else None)
+        modules = [getattr(model, name) for name in _RESNET_CHAIN]
+        return nn.Sequential(*modules[:cut]), nn.Sequential(*modules[cut:], nn.Flatten(), model.fc)
+    raise NotImplementedError(f"split_at knows MobileNetV2 and ResNet, not {type(model).__name__}; "
+                              "run the whole model instead (the result is the same, only slower)")
+
+
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of scalar parameters (optionally only those with ``requires_grad``)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
