@@ -7,7 +7,6 @@ Real MobileNetV2 ImageNet weights and a real Fashion-MNIST batch; no kernel and 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -143,12 +142,3 @@ def test_snapshot_png(shared_sim, tmp_path):
     path = save_snapshot(shared_sim, tmp_path / "figures" / "snap.png")
     assert path.read_bytes().startswith(PNG_MAGIC)
     assert shared_sim.step_count == 1, "with no step taken yet, one is run"
-
-
-def test_static_fallback_is_in_the_repository_and_the_notebook():
-    png = ROOT / "notebooks" / "figures" / "freeze_simulator.png"
-    assert png.read_bytes().startswith(PNG_MAGIC), "regenerate: python -m tlhelpers.simulator snapshot"
-    cells = json.loads((ROOT / "notebooks" / "simulator.ipynb").read_text())["cells"]
-    sources = ["".join(c["source"]) for c in cells]
-    assert any("figures/freeze_simulator.png" in s for s in sources)
-    assert any("FreezeView(FreezeSim(model))" in s for s in sources)

@@ -2,7 +2,7 @@
 
 Everything runs on 127.0.0.1 with an empty token. The browser is Debian's ``/usr/bin/chromium``
 driven by Python playwright; browsers are never downloaded. Without chromium the tests skip
-with a clear message, unless ``CI`` is set, where a missing browser is a failure.
+with a clear message, unless ``CI`` is set, where a missing browser or playwright is a failure.
 
 Servers run in their own process group and are stopped in ``finally`` blocks (terminate, then
 kill), kernels included. JupyterLab gets its own settings and workspace folders with autosave
@@ -27,7 +27,8 @@ from typing import Iterator
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
+#: Debian's chromium; ``TLHELPERS_CHROMIUM`` points elsewhere (a distribution that installs it elsewhere).
+CHROMIUM = Path(os.environ.get("TLHELPERS_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = ROOT / "test-artifacts"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -40,13 +41,32 @@ LAB_SETTINGS = {
 }
 
 
-def _require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    message = f"{CHROMIUM} is missing (Debian package `chromium`); the browser tests need it"
+def _missing(message: str) -> None:
+    """Skip on a learner's machine; fail under CI (env var ``CI`` set), where nothing may be missing."""
     if os.environ.get("CI"):
         pytest.fail(message + " and CI is set, so this is a failure, not a skip")
-    pytest.skip(message + " (install it with `apt-get install chromium`; never download browsers)")
+    pytest.skip(message)
+
+
+def _require_chromium() -> None:
+    if not CHROMIUM.exists():
+        _missing(f"{CHROMIUM} is missing (Debian package `chromium`; install it with "
+                 "`apt-get install chromium`, never download browsers); the browser tests need it")
+
+
+def _require_playwright() -> None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as error:
+        _missing(f"Python playwright is not importable ({error}); `pip install -r requirements.txt` "
+                 "installs it (the browser itself is Debian's chromium)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def browser_tools() -> None:
+    """Check for chromium and playwright before any server starts (skip, or fail under CI)."""
+    _require_chromium()
+    _require_playwright()
 
 
 def free_port() -> int:
@@ -152,6 +172,7 @@ def voila_url(tmp_path_factory) -> Iterator[str]:
 def browser_context(tmp_path_factory):
     """A headless Debian chromium with a fresh profile, driven by playwright."""
     _require_chromium()
+    _require_playwright()
     from playwright.sync_api import sync_playwright
 
     profile = tmp_path_factory.mktemp("chromium-profile")

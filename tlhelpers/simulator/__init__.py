@@ -15,7 +15,7 @@ from tlhelpers.simulator.sim import FreezeSim
 __all__ = ["FreezeSim", "FreezeView", "StepReport", "BlockReport", "Cost", "Batch",
            "default_batch", "describe_flow", "save_snapshot"]
 
-_LAZY = {"FreezeView": "tlhelpers.simulator.view", "save_snapshot": "tlhelpers.simulator.view"}
+_LAZY = {"FreezeView": "tlhelpers.simulator.view", "save_snapshot": "tlhelpers.simulator.figure"}
 
 
 def __getattr__(name: str):

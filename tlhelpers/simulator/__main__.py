@@ -22,7 +22,7 @@ def snapshot(path: Path = DEFAULT_PATH) -> Path:
     """Run the fixed scenario and write its picture to ``path``; returns the path."""
     from tlhelpers import models
     from tlhelpers.simulator import FreezeSim
-    from tlhelpers.simulator.view import save_snapshot
+    from tlhelpers.simulator.figure import save_snapshot
 
     model, _ = models.load_model("mobilenet_v2", weights="IMAGENET1K_V1")
     sim = FreezeSim.from_state(model, SNAPSHOT_STATE)

@@ -1,8 +1,10 @@
 """The simulator's default input: a small, seeded batch of real images at a CPU-friendly size.
 
 Eight Fashion-MNIST training images at 64x64 pixels, normalised with the ImageNet statistics
-that every torchvision ImageNet model expects. One simulated step of MobileNetV2 on such a
-batch takes about 0.1 s on two CPU cores, quick enough to click through.
+that every torchvision ImageNet model expects. One step of MobileNetV2 with every block
+trainable on such a batch took 141 ms on two otherwise idle CPU cores and 0.4-1.1 s while
+other jobs kept both cores busy (load average 5); training the head alone, 115-185 ms on the
+busy machine. ``benchmarks/run.py --only simulator`` measures it again.
 """
 
 from __future__ import annotations

@@ -16,13 +16,17 @@ so drawing works the same in a kernel, a test and a script.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 from matplotlib.ticker import NullFormatter
 
 from tlhelpers.simulator.report import Cost, StepReport, describe_flow
+
+if TYPE_CHECKING:
+    from tlhelpers.simulator.sim import FreezeSim
 
 FROZEN = "#1f6fb2"      # blue: frozen
 TRAINABLE = "#2e8b3e"   # green: trainable
@@ -246,3 +250,18 @@ def to_png(fig: Figure, dpi: int = DPI) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
     return buffer.getvalue()
+
+
+def save_snapshot(sim: FreezeSim, path: str | Path, report: StepReport | None = None, dpi: int = DPI) -> Path:
+    """Write the diagram and the panels for ``report`` (default: the last step) as a PNG.
+
+    This is the static stand-in for readers who cannot run the widget (GitHub). With no step
+    taken yet, one step is run first. Needs matplotlib only, no widget library.
+    """
+    if report is None:
+        report = sim.history[-1] if sim.history else sim.step()
+    fig = snapshot_figure(sim.block_names, set(report.frozen), report, report.cost, report.baseline)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(to_png(fig, dpi=dpi))
+    return path

@@ -1,24 +1,40 @@
-"""Measure what one backward pass costs and where its gradients go, without training.
+"""Measure what a backward pass costs, block by block, and where its gradients go.
 
-:func:`measure_cost` runs a real forward and backward pass under
-``torch.utils.flop_counter.FlopCounterMode`` and ``torch.autograd.graph.saved_tensors_hooks``,
-with tensor hooks at every block's input and output to see which blocks the gradient reached.
-It leaves no trace: gradients are taken with ``torch.autograd.grad`` (nothing accumulates in
-``.grad``), BatchNorm running statistics and the random number generator are restored.
+Two measurements, both real forward and backward passes under
+``torch.utils.flop_counter.FlopCounterMode`` (FLOPs) and ``torch.autograd.graph.saved_tensors_hooks``
+(bytes of the activations autograd keeps for backward):
 
-Measuring is about 2.5x slower than a bare step, and the result depends only on the frozen
-set, the BatchNorm mode and the input shape, so the simulator caches it per configuration.
+* :func:`measure_cases` measures each block on its own, in each *case* it can be in: the
+  input does or does not need a gradient, times the block's own state (trainable, frozen,
+  frozen with BatchNorm in train mode, frozen with its normalisation scale and shift trainable).
+  It cuts the forward pass at the start of every block (the input is detached there, and made
+  to require a gradient when the case says so) and runs a separate backward pass per block.
+  :class:`~tlhelpers.simulator.costs.CostTable` adds these up for any configuration: that is
+  how the widget redraws a new configuration's cost in the browser, with no kernel call.
+* :func:`measure_cost` measures one whole configuration directly, as one real step would run
+  it, with tensor hooks to see which blocks the gradient reached. The tests check the sums
+  against it.
+
+Neither leaves a trace: gradients are taken with ``torch.autograd.grad`` (nothing accumulates
+in ``.grad``); ``requires_grad`` flags, BatchNorm running statistics, train/eval flags and the
+random number generator are restored.
+
+Measuring every case of MobileNetV2 (default batch, 3 cases per block) takes about as long as
+three measured training steps; it is done once per simulator and input shape.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from tlhelpers.simulator.blocks import Block, Layout
 from tlhelpers.simulator.report import Cost
 
 
@@ -28,15 +44,23 @@ def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
     """FLOPs of ``aten.convolution_backward``, correct for grouped and depthwise convolutions.
 
     Each requested gradient (input, weight) costs as many multiply-adds as the forward
-    convolution. torch's built-in formula (2.14) forgets ``groups`` in the weight gradient and
-    counts a depthwise convolution's weight gradient ``groups`` times over: about 10x too much
-    backward compute for MobileNetV2 (fixed upstream in pytorch/pytorch#183405).
+    convolution. The formula in torch 2.14.1 (``conv_backward_flop`` in
+    ``torch/utils/flop_counter.py``) leaves ``groups`` out of the weight gradient and so counts
+    it ``groups`` times over: 32x for a depthwise 3x3 convolution over 32 channels (measured,
+    ``tests/test_simulator_costs.py``), about 10x too much backward compute for MobileNetV2 as a
+    whole. Its input gradient and forward counts are right. pytorch/pytorch#183405 (May 2026)
+    proposes dividing by ``groups``; 2.14.1 does not have it.
     """
     forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
 FLOP_FORMULAS = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+
+
+def flop_counter() -> FlopCounterMode:
+    """A silent ``FlopCounterMode`` with the corrected convolution-backward formula."""
+    return FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
 
 
 def _tensors(value) -> Iterator[torch.Tensor]:
@@ -50,13 +74,6 @@ def _tensors(value) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-def _watch(tensors, seen: set[str], name: str) -> None:
-    """Record ``name`` in ``seen`` when a gradient arrives at any of ``tensors``."""
-    for tensor in _tensors(tensors):
-        if tensor.requires_grad:
-            tensor.register_hook(lambda grad, name=name: seen.add(name))
-
-
 def _storage_key(tensor: torch.Tensor) -> tuple[int, int] | None:
     try:
         storage = tensor.untyped_storage()
@@ -65,63 +82,103 @@ def _storage_key(tensor: torch.Tensor) -> tuple[int, int] | None:
         return None
 
 
-def measure_cost(model: nn.Module, compute_loss: Callable[[], torch.Tensor],
-                 blocks: Mapping[str, Sequence[str]]) -> Cost:
-    """Measure FLOPs, saved activations and the gradient path of one step of ``model``.
+def _model_storages(model: nn.Module) -> set:
+    """Storages of parameters and buffers: in memory anyway, so never counted as saved activations."""
+    return {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
 
-    ``compute_loss`` runs the forward pass and returns the scalar loss; ``blocks`` maps block
-    names, input to output, to the names of their modules. The model's current
-    ``requires_grad`` flags and train/eval modes are what is measured. Saved activation bytes
-    count each storage autograd keeps for backward once, leaving out the parameters themselves
-    (they are in memory anyway).
+
+@contextlib.contextmanager
+def untouched(model: nn.Module) -> Iterator[None]:
+    """Restore flags, train/eval modes, buffers and the RNG after measuring."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+# --------------------------------------------------------------------------- one configuration
+
+def measure_cost(model: nn.Module, compute_loss: Callable[[], torch.Tensor],
+                 blocks: Mapping[str, Block], layout: Layout) -> Cost:
+    """Measure FLOPs, saved activations and the gradient path of one step of ``model`` as it is.
+
+    The model's current ``requires_grad`` flags and train/eval modes are what is measured.
+    ``blocks`` are the simulator's blocks in forward order, ``layout`` where they run. A block
+    is *reached* when a gradient arrives at the output of one of its modules or at one of its
+    parameters; a reached block without trainable parameters whose input requires a gradient
+    is *pass-through* (backward computes its input's gradient). Saved activation bytes count each storage autograd keeps for backward
+    once, leaving out parameters and buffers (they are in memory anyway).
     """
     start = time.perf_counter()
     order = list(blocks)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    parameter_storages = {_storage_key(p) for p in model.parameters()}
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    named = dict(model.named_parameters())
+    trainable = [(name, named[p]) for name, block in blocks.items() for p in block.parameters
+                 if named[p].requires_grad]
+    others = [p for p in model.parameters() if p.requires_grad and all(p is not q for _, q in trainable)]
+    excluded = _model_storages(model)
     saved: dict[tuple[int, int], int] = {}
-    reached_output: set[str] = set()
+    reached: set[str] = set()
     reached_input: set[str] = set()
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         key = _storage_key(tensor)
-        if key is not None and key not in parameter_storages:
+        if key is not None and key not in excluded:
             saved[key] = key[1]
         return tensor
 
+    def watch(tensors, seen: set[str], name: str) -> None:
+        for tensor in _tensors(tensors):
+            if tensor.requires_grad:
+                tensor.register_hook(lambda grad, name=name: seen.add(name))
+
+    def input_needs_grad(args, name: str) -> None:
+        # Recorded in the forward pass rather than with a gradient hook: an in-place first
+        # operation (EfficientNet's Dropout(inplace=True)) would hide the hook.
+        if any(t.requires_grad for t in _tensors(args)):
+            reached_input.add(name)
+
+    entries = {segment.entry: segment.entry_module for segment in layout.segments if segment.entry}
     handles = []
-    for name, module_names in blocks.items():
-        first = model.get_submodule(module_names[0])
-        last = model.get_submodule(module_names[-1])
-        handles.append(first.register_forward_pre_hook(
-            lambda _m, args, name=name: _watch(args, reached_input, name)))
-        handles.append(last.register_forward_hook(
-            lambda _m, _args, output, name=name: _watch(output, reached_output, name)))
-    try:
-        with torch.random.fork_rng(devices=[]):
-            with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as forward_counter, \
+    for name, block in blocks.items():
+        for module_name in block.modules:
+            module = model.get_submodule(module_name)
+            handles.append(module.register_forward_hook(
+                lambda _m, _args, output, name=name: watch(output, reached, name)))
+            if entries.get(name) == module_name:
+                handles.append(module.register_forward_pre_hook(
+                    lambda _m, args, name=name: input_needs_grad(args, name)))
+    with untouched(model):
+        try:
+            with flop_counter() as forward_counter, \
                     torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
                 loss = compute_loss()
-            backward_flops = 0
-            if parameters and loss.requires_grad:
-                with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as backward_counter:
-                    torch.autograd.grad(loss, parameters, allow_unused=True)
-                backward_flops = backward_counter.get_total_flops()
-    finally:
-        for handle in handles:
-            handle.remove()
-        with torch.no_grad():
-            for name, buffer in model.named_buffers():
-                buffer.copy_(buffers[name])
+        finally:
+            for handle in handles:
+                handle.remove()
+        backward_flops = 0
+        if loss.requires_grad:
+            wanted = [p for _, p in trainable] + others
+            with flop_counter() as backward_counter:
+                grads = torch.autograd.grad(loss, wanted, allow_unused=True)
+            backward_flops = backward_counter.get_total_flops()
+            reached.update(name for (name, _), grad in zip(trainable, grads) if grad is not None)
 
-    flow = tuple(name for name in reversed(order) if name in reached_output)
+    has_trainable = {name for name, _ in trainable}
+    flow = tuple(name for name in reversed(order) if name in reached)
     earliest = min((order.index(name) for name in flow), default=None)
     stop_at = order[earliest - 1] if earliest else None
-    frozen = {name for name, module_names in blocks.items()
-              if not any(p.requires_grad for m in module_names
-                         for p in model.get_submodule(m).parameters())}
-    pass_through = tuple(name for name in order if name in frozen and name in reached_input)
+    pass_through = tuple(name for name in order
+                         if name not in has_trainable and name in reached_input and name in reached)
     return Cost(
         forward_flops=int(forward_counter.get_total_flops()),
         backward_flops=int(backward_flops),
@@ -131,3 +188,191 @@ def measure_cost(model: nn.Module, compute_loss: Callable[[], torch.Tensor],
         pass_through=pass_through,
         measure_ms=(time.perf_counter() - start) * 1000.0,
     )
+
+
+# --------------------------------------------------------------------------- block by block
+
+#: A block's state: trainable, frozen (BatchNorm in eval mode), frozen with BatchNorm left in
+#: train mode (statistics drift), frozen but its normalisation layers' scale and shift trainable.
+STATES = ("t", "f", "d", "a")
+#: States in which a block has trainable parameters (its output needs a gradient).
+TRAINING_STATES = ("t", "a")
+
+
+def case_key(input_needs_grad: bool, states: Sequence[str]) -> str:
+    """``"1tf"``: the input needs a gradient, the segment's first block is trainable, the next frozen."""
+    return ("1" if input_needs_grad else "0") + "".join(states)
+
+
+def is_idle(key: str) -> bool:
+    """A case in which backward never enters the segment (nothing in or before it trains)."""
+    return key[0] == "0" and not any(state in TRAINING_STATES for state in key[1:])
+
+
+@dataclass(frozen=True)
+class CaseCost:
+    """What one segment costs in one case.
+
+    ``backward_flops``: its part of the backward pass. ``own_bytes``: activations it saves
+    for backward, apart from the tensors at its borders. ``saves_input`` / ``saves_output``:
+    for each tensor storage at its input / output border, whether it saves it; a border
+    storage is counted once even when both neighbours save it.
+    """
+
+    backward_flops: int
+    own_bytes: int
+    saves_input: tuple[bool, ...]
+    saves_output: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
+class CaseMeasurement:
+    """All measured cases: ``cases[segment][key]``, the border storages' sizes and the forward FLOPs."""
+
+    cases: tuple[dict[str, CaseCost], ...]
+    input_bytes: tuple[tuple[int, ...], ...]
+    forward_flops: int | None  # None when no pass ran the whole forward pass
+    measure_ms: float
+
+
+class ChainError(ValueError):
+    """The blocks do not form a chain: a block's input depends on more than the block before it."""
+
+
+def measure_cases(model: nn.Module, compute_loss: Callable[[], torch.Tensor], blocks: Mapping[str, Block],
+                  layout: Layout, wanted: Sequence[dict[int, str]],
+                  apply_states: Callable[[Mapping[str, str]], None]) -> CaseMeasurement:
+    """Measure the segments of ``layout`` in the cases ``wanted``.
+
+    ``wanted`` is a list of passes, each mapping segment index -> case key (see
+    :func:`case_key`); one forward pass measures every segment of a pass at once, because the
+    input of each segment is cut loose from the one before. ``apply_states(states)`` sets
+    ``requires_grad`` and BatchNorm modes for per-block states (the simulator owns that
+    rule). Segments not in a pass are idle in it. Raises :class:`ChainError` when a segment's
+    output depends on anything before it other than its own input (a skip connection across
+    blocks, or a parameter shared between blocks).
+    """
+    start = time.perf_counter()
+    segments = layout.segments
+    named = dict(model.named_parameters())
+    excluded = _model_storages(model)
+    results: list[dict[str, CaseCost]] = [{} for _ in segments]
+    input_bytes: list[tuple[int, ...]] = [() for _ in segments]
+    forward_flops: int | None = None
+    entry_index = {segment.entry_module: index for index, segment in enumerate(segments) if segment.entry}
+    with untouched(model):
+        for cases in wanted:
+            states = {}
+            for index, segment in enumerate(segments):
+                key = cases.get(index, "0" + "f" * len(segment.blocks))
+                states.update(zip(segment.blocks, key[1:]))
+            apply_states(states)
+            last = max(cases, default=0)
+            raw_inputs: dict[int, list[torch.Tensor]] = {}
+            leaves: dict[int, list[torch.Tensor]] = {}
+            saved: list[dict[tuple[int, int], int]] = [{} for _ in segments]
+            aliases: dict = {}
+            current = [0]
+
+            class _Stop(Exception):
+                pass
+
+            def enter(module: nn.Module, args, index: int):
+                if index in raw_inputs:  # a second call of the same entry module: not a new segment
+                    return None
+                raw_inputs[index] = [t for t in _tensors(args) if t.is_floating_point()]
+                if index > last:  # every wanted segment has its output: stop the forward pass here
+                    raise _Stop
+                current[0] = index
+                needs_grad = cases.get(index, "0")[0] == "1"
+                detached = []
+
+                def cut(value):
+                    if isinstance(value, torch.Tensor) and value.is_floating_point():
+                        leaf = value.detach().requires_grad_(needs_grad)
+                        detached.append(leaf)
+                        if not needs_grad:
+                            return leaf
+                        # A leaf that requires grad cannot be changed in place (EfficientNet's
+                        # classifier starts with Dropout(inplace=True)): hand on a copy, and
+                        # count what is saved of the copy as saved of the border tensor.
+                        copied = leaf.clone()
+                        aliases[_storage_key(copied)] = _storage_key(value)
+                        return copied
+                    if isinstance(value, (tuple, list)):
+                        return type(value)(cut(v) for v in value)
+                    return value
+
+                new_args = cut(args)
+                leaves[index] = detached
+                return new_args
+
+            def pack(tensor: torch.Tensor) -> torch.Tensor:
+                key = _storage_key(tensor)
+                key = aliases.get(key, key)
+                if key is not None and key not in excluded:
+                    saved[current[0]][key] = key[1]
+                return tensor
+
+            handles = [model.get_submodule(name).register_forward_pre_hook(
+                lambda m, args, index=index: enter(m, args, index)) for name, index in entry_index.items()]
+            loss = None
+            try:
+                counter = flop_counter() if forward_flops is None else contextlib.nullcontext()
+                with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                    loss = compute_loss()
+            except _Stop:
+                pass
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if loss is not None and forward_flops is None:
+                forward_flops = int(counter.get_total_flops())
+
+            def outputs_of(index: int) -> list[torch.Tensor]:
+                if index + 1 < len(segments):
+                    return raw_inputs.get(index + 1, [])
+                return [loss] if loss is not None else []
+
+            for index, tensors in raw_inputs.items():
+                input_bytes[index] = tuple(_storage_key(t)[1] for t in tensors)
+            for index, key in cases.items():
+                outputs = [t for t in outputs_of(index) if t.requires_grad]
+                own_params = [named[p] for b in segments[index].blocks for p in blocks[b].parameters
+                              if named[p].requires_grad]
+                inputs = own_params + [t for t in leaves.get(index, []) if t.requires_grad]
+                _check_chain(outputs, set(map(id, inputs)), segments, index, blocks)
+                flops = 0
+                if outputs and inputs:
+                    with flop_counter() as backward_counter:
+                        torch.autograd.grad(outputs, inputs, grad_outputs=[torch.ones_like(t) for t in outputs],
+                                            allow_unused=True, retain_graph=False)
+                    flops = int(backward_counter.get_total_flops())
+                borders_in = [_storage_key(t) for t in raw_inputs.get(index, [])]
+                borders_out = [_storage_key(t) for t in outputs_of(index)] if index + 1 < len(segments) else []
+                mine = saved[index]
+                own = sum(size for storage, size in mine.items()
+                          if storage not in borders_in and storage not in borders_out)
+                results[index][key] = CaseCost(flops, int(own), tuple(s in mine for s in borders_in),
+                                               tuple(s in mine for s in borders_out))
+    return CaseMeasurement(tuple(results), tuple(input_bytes), forward_flops,
+                           (time.perf_counter() - start) * 1000.0)
+
+
+def _check_chain(outputs: Sequence[torch.Tensor], allowed: set[int], segments, index: int,
+                 blocks: Mapping[str, Block]) -> None:
+    """Walk the backward graph from ``outputs``: every leaf it needs must be one of ``allowed``."""
+    seen, stack = set(), [t.grad_fn for t in outputs if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad: a leaf tensor
+        if variable is not None and id(variable) not in allowed:
+            name = segments[index].entry or "the start of the forward pass"
+            raise ChainError(f"The output of block {name!r} depends on a tensor from an earlier block other "
+                             "than through its own input (a skip connection across blocks, or a parameter "
+                             "shared between blocks). The simulator needs blocks that form a chain: merge "
+                             "the blocks the connection spans into one block.")
+        stack.extend(next_node for next_node, _ in node.next_functions)

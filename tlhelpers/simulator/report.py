@@ -14,12 +14,14 @@ class Cost:
     """Compute and memory of one forward/backward pass under one freezing configuration.
 
     These numbers depend only on the frozen set, the BatchNorm mode and the input shape, never
-    on the weights, so :class:`~tlhelpers.simulator.FreezeSim` measures them once per
-    configuration and caches them.
+    on the weights. :class:`~tlhelpers.simulator.FreezeSim` measures each block once and adds
+    the blocks up for any configuration (:mod:`tlhelpers.simulator.costs`);
+    :func:`~tlhelpers.simulator.measure.measure_cost` measures one configuration whole.
 
-    ``flow`` lists the blocks a gradient reached, loss side first (measured with tensor hooks
-    during a real backward pass); ``stop_at`` is the block where backward stopped (``None`` when
-    it reached the first block, or when no gradient was computed at all).
+    ``flow`` lists the blocks a gradient reaches, loss side first; ``stop_at`` is the block
+    where backward stops (``None`` when it reaches the first block, or when no gradient is
+    computed at all); ``pass_through`` the frozen blocks backward goes through.
+    ``measure_ms`` is the time a whole measurement took (0.0 for a sum of stored measurements).
     """
 
     forward_flops: int
@@ -57,7 +59,12 @@ class BlockReport:
     which is different from a computed gradient of size 0.0. ``pass_through`` marks a frozen
     block that backward still had to go through to reach trainable blocks before it: it costs
     compute but its weights get no gradient. ``weight_delta`` and ``bn_drift`` are L2 norms of
-    the change of the block's parameters and of its BatchNorm running means during the step.
+    the change of the block's parameters and of its BatchNorm running means during the step;
+    ``frozen_delta`` the change of its parameters that do not require a gradient (it is 0.0
+    unless the stale-gradient trap is on); ``distance`` how far its parameters are from where
+    they started (all steps since the last reset). ``relative_grad`` is |g| / |w| over the
+    trainable parameters. ``state`` is ``"t"`` trainable, ``"f"`` frozen, ``"d"`` frozen with
+    BatchNorm in train mode, ``"a"`` frozen except its normalisation scale and shift.
     """
 
     name: str
@@ -68,11 +75,15 @@ class BlockReport:
     weight_delta: float
     pass_through: bool
     bn_drift: float
+    state: str = "t"
+    frozen_delta: float = 0.0
+    distance: float = 0.0
+    relative_grad: float | None = None
 
     @property
     def moved_while_frozen(self) -> bool:
-        """A frozen block whose weights changed anyway (the stale-gradient trap)."""
-        return self.frozen and self.weight_delta > 0.0
+        """A frozen parameter changed anyway (the stale-gradient trap)."""
+        return self.frozen and self.frozen_delta > 0.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,7 @@ class StepReport:
     wall time of the bare forward/backward/optimizer step. ``measure_ms`` is the extra time
     spent measuring FLOPs and memory during this call (0 when the configuration was cached).
     ``baseline`` is the same measurement with every block trainable, to compare against.
+    ``train_norm_affine``: frozen blocks trained their normalisation scale and shift.
     """
 
     step: int
@@ -98,6 +110,7 @@ class StepReport:
     bn_train_when_frozen: bool
     stale_gradients: bool
     frozen: tuple[str, ...] = field(default=())
+    train_norm_affine: bool = False
 
     @property
     def backward_flops(self) -> int:
@@ -126,8 +139,8 @@ class StepReport:
 
     @property
     def drifted_while_frozen(self) -> list[str]:
-        """Frozen blocks whose BatchNorm running statistics changed in this step."""
-        return [b.name for b in self.blocks.values() if b.frozen and b.bn_drift > 0.0]
+        """Frozen blocks with nothing trainable whose BatchNorm running statistics changed."""
+        return [b.name for b in self.blocks.values() if b.frozen and not b.trainable_params and b.bn_drift > 0.0]
 
     def flow_sentence(self, arrow: str = "->") -> str:
         """e.g. "gradients flow through classifier -> head_conv -> stage5 and stop at stage4"."""

@@ -1,4 +1,4 @@
-"""FreezeSim: freeze and unfreeze blocks of a real network and watch one real training step.
+"""FreezeSim: freeze and unfreeze blocks of a real network and watch real training steps.
 
 Pure PyTorch, no widgets (the face is :class:`tlhelpers.simulator.view.FreezeView`). Each
 :meth:`FreezeSim.step` runs a genuine forward pass, backward pass and optimizer update on a
@@ -8,6 +8,13 @@ The simulator works on its own copy of the model you pass, so stepping never cha
 model. With the default batch (ten-class Fashion-MNIST) a head with another number of outputs,
 such as an ImageNet head, is replaced by a fresh seeded 10-class head, as transfer learning
 would. Pass ``batch=(images, labels)`` to use your own data and keep your head as it is.
+Auxiliary classifiers (Inception v3's ``AuxLogits``, GoogLeNet's ``aux1``/``aux2``) are removed
+from the copy: the simulator's loss uses the main output only, so they could never get a
+gradient (torchvision builds the same models with ``aux_logits=False``).
+
+What a step costs (backward FLOPs, activations saved for backward) is measured once per block
+and per case (see :mod:`tlhelpers.simulator.costs`), after which every configuration's cost is
+a sum: toggling blocks never re-measures anything.
 """
 
 from __future__ import annotations
@@ -16,53 +23,25 @@ import contextlib
 import copy
 import time
 from collections import OrderedDict
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tlhelpers import freezing, models
+from tlhelpers import models
 from tlhelpers.simulator.batch import check_batch, default_batch
-from tlhelpers.simulator.measure import measure_cost
+from tlhelpers.simulator.blocks import (Block, Layout, batchnorm_layers, forward_layout, norm_parameters,
+                                        ordered, resolve_blocks)
+from tlhelpers.simulator.costs import CostTable
+from tlhelpers.simulator.measure import measure_cases, measure_cost, untouched
 from tlhelpers.simulator.report import BlockReport, Cost, StepReport
 
 OPTIMIZERS = {"sgd": 0.01, "adam": 0.001}  # name -> default learning rate
-STATE_KEYS = ("frozen", "seed", "bn_train_when_frozen", "stale_gradients", "optimizer", "lr", "momentum")
-
-
-def resolve_blocks(model: nn.Module, blocks: Mapping[str, Sequence[str] | str] | None
-                   ) -> OrderedDict[str, list[str]]:
-    """Check ``blocks`` (name -> module names, input to output) against ``model``.
-
-    ``None`` means :func:`tlhelpers.models.layer_groups`. A block may name one module as a
-    plain string. Unknown modules, blocks without parameters and parameters claimed by two
-    blocks are errors that say which block and what to do.
-    """
-    if blocks is None:
-        return models.layer_groups(model)
-    if not blocks:
-        raise ValueError("blocks is empty; give at least one block name -> module names")
-    modules = dict(model.named_modules())
-    resolved: OrderedDict[str, list[str]] = OrderedDict()
-    owner: dict[int, str] = {}
-    for name, members in blocks.items():
-        members = [members] if isinstance(members, str) else list(members)
-        missing = [m for m in members if m not in modules or m == ""]
-        if missing or not members:
-            top = ", ".join(n for n, _ in model.named_children())
-            raise KeyError(f"Block {name!r} names module(s) {missing or members} that the model does not "
-                           f"have. Use dotted module names; top-level modules are: {top}")
-        params = [p for m in members for p in modules[m].parameters()]
-        if not params:
-            raise ValueError(f"Block {name!r} ({', '.join(members)}) has no parameters to freeze")
-        for p in params:
-            if id(p) in owner and owner[id(p)] != name:
-                raise ValueError(f"Blocks {owner[id(p)]!r} and {name!r} share parameters; "
-                                 "each parameter must belong to one block")
-            owner[id(p)] = name
-        resolved[name] = members
-    return resolved
+STATE_KEYS = ("frozen", "seed", "bn_train_when_frozen", "stale_gradients", "train_norm_affine",
+              "optimizer", "lr", "momentum")
+#: Auxiliary classifiers torchvision models compute in train mode, beside the main output.
+AUX_HEADS = ("AuxLogits", "aux1", "aux2")
 
 
 class FreezeSim:
@@ -73,9 +52,11 @@ class FreezeSim:
     model:
         Any classifier; it is copied, never changed.
     blocks:
-        Ordered mapping block name -> module names, input to output. Default:
+        Mapping block name -> members, each a module name or a parameter name (as
+        :func:`tlhelpers.freezing.resolve` reads them). Default:
         :func:`tlhelpers.models.layer_groups` (MobileNetV2: stem, stage1..stage5, head_conv,
-        classifier; ResNet: stem, layer1..layer4, fc).
+        classifier; ResNet: stem, layer1..layer4, fc). The simulator lists blocks in the order
+        the forward pass uses them, and parameters outside every block stay frozen.
     batch:
         ``(images, labels)``. Default: 8 seeded Fashion-MNIST images at 64 px (see
         :func:`tlhelpers.simulator.batch.default_batch`), with the head replaced for 10 classes
@@ -90,27 +71,41 @@ class FreezeSim:
         ``model`` (a block counts as frozen only when all its parameters are).
     bn_train_when_frozen:
         Teaching switch. False (default, the right practice): frozen blocks' BatchNorm layers
-        run in eval mode (:func:`tlhelpers.freezing.frozen_bn_eval`) and keep the pretrained
-        statistics. True: they stay in train mode and their running statistics drift although
-        the block is "frozen".
+        run in eval mode and keep the pretrained statistics. True: they stay in train mode and
+        their running statistics drift although the block is "frozen".
     stale_gradients:
         Teaching switch. False (default): the optimizer holds only trainable parameters and
         gradients are reset to ``None``. True: the optimizer was built over all parameters
         before freezing and uses ``zero_grad(set_to_none=False)``, so a block frozen after it
         trained keeps moving on its momentum.
+    train_norm_affine:
+        Parameter-efficient switch: frozen blocks still train the scale and shift (``weight``,
+        ``bias``) of their normalisation layers (BatchNorm, LayerNorm, GroupNorm), whose
+        BatchNorm layers then run in train mode (the TinyTL / BitFit family of methods).
     """
 
     def __init__(self, model: nn.Module, blocks: Mapping[str, Sequence[str] | str] | None = None,
                  batch: tuple[torch.Tensor, torch.Tensor] | None = None, optimizer: str = "sgd",
                  lr: float | None = None, momentum: float = 0.9, seed: int = 0, *,
                  frozen: Sequence[str] | None = None, bn_train_when_frozen: bool = False,
-                 stale_gradients: bool = False, batch_size: int = 8, image_size: int = 64):
+                 stale_gradients: bool = False, train_norm_affine: bool = False,
+                 batch_size: int = 8, image_size: int = 64):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = copy.deepcopy(model)
-        self.blocks = resolve_blocks(self.model, blocks)
         self._set_optimizer_settings(optimizer, lr, momentum)
         self._seed = self._check_seed(seed)
+        self.model = copy.deepcopy(model)
+        _drop_aux_heads(self.model)
+        resolved = resolve_blocks(self.model, models.layer_groups(self.model) if blocks is None else blocks)
+        named = dict(self.model.named_parameters())
+        if frozen is None:
+            frozen = [b.name for b in resolved if not any(named[p].requires_grad for p in b.parameters)]
+        else:
+            frozen = [frozen] if isinstance(frozen, str) else list(frozen)
+            unknown = [n for n in frozen if n not in {b.name for b in resolved}]
+            if unknown:
+                raise KeyError(f"Unknown block {', '.join(map(repr, unknown))}. "
+                               f"Valid blocks: {', '.join(b.name for b in resolved)}")
         device = next(self.model.parameters()).device
         self._own_batch = batch is None
         self._batch_size, self._image_size = batch_size, image_size
@@ -121,27 +116,26 @@ class FreezeSim:
             images, labels = check_batch(batch)
             self.classes = None
         self.images, self.labels = images.to(device), labels.to(device)
-        if frozen is None:
-            frozen = [name for name in self.blocks if not any(p.requires_grad for p in self._params_of(name))]
-        else:
-            self._check_blocks(frozen)
         self._head_replaced = False
         self._fit_head()
-        self._frozen: set[str] = set()
-        for name in self.blocks:
-            self.set_frozen(name, name in frozen)
+        self._resolved = resolved
+        self._lay_out()
+        self._frozen: set[str] = set(frozen)
         self._bn_train_when_frozen = bool(bn_train_when_frozen)
         self._stale_gradients = bool(stale_gradients)
+        self._train_norm_affine = bool(train_norm_affine)
+        self._apply_trainability()
         self._start = self._snapshot()
         self._optimizer: torch.optim.Optimizer | None = None
-        self._costs: dict[tuple, Cost] = {}
+        self._table: CostTable | None = None
+        self._table_shape: tuple | None = None
         self.history: list[StepReport] = []
 
     # ------------------------------------------------------------------ configuration
 
     @property
     def block_names(self) -> list[str]:
-        """Block names, input to output."""
+        """Block names, in the order the forward pass uses them (input to output)."""
         return list(self.blocks)
 
     @property
@@ -172,16 +166,64 @@ class FreezeSim:
         self._stale_gradients = bool(value)
 
     @property
+    def train_norm_affine(self) -> bool:
+        """Switch: frozen blocks still train their normalisation layers' scale and shift."""
+        return self._train_norm_affine
+
+    @train_norm_affine.setter
+    def train_norm_affine(self, value: bool) -> None:
+        self._train_norm_affine = bool(value)
+        self._apply_trainability()
+
+    @property
     def step_count(self) -> int:
         """Steps taken since the start or the last :meth:`reset`."""
         return len(self.history)
 
+    @property
+    def head_block(self) -> str:
+        """The block that holds the classification head (the last block if none is found)."""
+        try:
+            head_name, _ = models.find_head(self.model)
+        except models.HeadNotFoundError:
+            return self.block_names[-1]
+        weight = f"{head_name}.weight"
+        return next((b.name for b in self._resolved if weight in b.parameters), self.block_names[-1])
+
     def set_frozen(self, name: str, frozen: bool) -> None:
         """Freeze (``requires_grad=False``) or unfreeze every parameter of block ``name``."""
         self._check_blocks([name])
-        for p in self._params_of(name):
-            p.requires_grad_(not frozen)
         (self._frozen.add if frozen else self._frozen.discard)(name)
+        self._apply_trainability()
+
+    def block_parameters(self, name: str) -> dict[str, nn.Parameter]:
+        """The parameters block ``name`` owns, by qualified name."""
+        self._check_blocks([name])
+        named = dict(self.model.named_parameters())
+        return {p: named[p] for p in self._blocks[name].parameters}
+
+    def block_state(self, name: str) -> str:
+        """``"t"`` trainable, ``"f"`` frozen, ``"d"`` frozen with BatchNorm drifting (train mode),
+        ``"a"`` frozen but its normalisation scale and shift train (see ``train_norm_affine``)."""
+        if name not in self._frozen:
+            return "t"
+        if self._train_norm_affine and self._norm_params[name]:
+            return "a"
+        if self._bn_train_when_frozen and self._bn_blocks[name]:
+            return "d"
+        return "f"
+
+    def block_states(self) -> dict[str, str]:
+        return {name: self.block_state(name) for name in self.blocks}
+
+    def frozen_states(self) -> dict[str, str]:
+        """The state each block would have if frozen, under the current switches."""
+        was = set(self._frozen)
+        self._frozen = set(self.blocks)
+        try:
+            return self.block_states()
+        finally:
+            self._frozen = was
 
     def trainable_params(self) -> int:
         """Scalar parameters that currently get gradients."""
@@ -190,57 +232,95 @@ class FreezeSim:
     def total_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    def optimizer_slots(self) -> int:
+        """Tensors of optimizer state per trainable parameter: SGD with momentum 1, without 0; Adam 2."""
+        if self.optimizer_name == "adam":
+            return 2
+        return 1 if self.momentum else 0
+
     # ------------------------------------------------------------------ measuring
 
+    def cost_table(self) -> CostTable:
+        """Per-block measurements for the current input shape and switches (measured on first use)."""
+        shape = tuple(self.images.shape)
+        if self._table is None or self._table_shape != shape:
+            blocks = [tuple(s.blocks) for s in self.layout.segments]
+            self._table = CostTable(self.layout.order, tuple(blocks),
+                                    frozenset(b for b in self.blocks if self._blocks[b].is_parameter_block))
+            self._table_shape = shape
+        passes = self._table.missing(self.frozen_states())
+        if passes:
+            measured = measure_cases(self.model, lambda: self._loss(self.step_count + 1), self._blocks,
+                                     self.layout, passes, self._apply_states)
+            self._table.merge(measured)
+            self._apply_states(self.block_states())
+        return self._table
+
     def cost(self) -> Cost:
-        """FLOPs, saved activations and gradient path of the current configuration (cached)."""
-        key = (frozenset(self._frozen), self._bn_train_when_frozen and bool(self._frozen),
-               tuple(self.images.shape))
-        if key not in self._costs:
-            self._apply_modes()
-            self._costs[key] = measure_cost(self.model, lambda: self._loss(self.step_count + 1),
-                                            self.blocks)
-        return self._costs[key]
+        """FLOPs, saved activations and gradient path of the current configuration."""
+        return self.cost_table().cost(self.block_states())
 
     def baseline(self) -> Cost:
-        """The same measurement with every block trainable: what freezing is compared with."""
-        key = (frozenset(), False, tuple(self.images.shape))
-        if key not in self._costs:
-            frozen = self.frozen
-            try:
-                for name in frozen:
-                    self.set_frozen(name, False)
-                self._costs[key] = self.cost()
-            finally:
-                for name in frozen:
-                    self.set_frozen(name, True)
-                self._apply_modes()
-        return self._costs[key]
+        """The same with every block trainable: what freezing is compared with."""
+        return self.cost_table().cost({name: "t" for name in self.blocks})
+
+    def measure_configuration(self) -> Cost:
+        """Measure the current configuration in one whole forward and backward pass (no sum).
+
+        Slower than :meth:`cost`, and independent of it: the tests and the benchmark compare
+        the two.
+        """
+        self._apply_states(self.block_states())
+        return measure_cost(self.model, lambda: self._loss(self.step_count + 1), self._blocks, self.layout)
 
     def clear_measurements(self) -> None:
-        """Forget the cached costs (current configurations and baseline): they are re-measured
-        on the next :meth:`step` or :meth:`cost`, e.g. to time measuring in benchmarks."""
-        self._costs.clear()
+        """Forget the per-block measurements: they are taken again on the next :meth:`cost` or
+        :meth:`step`, e.g. to time measuring in benchmarks."""
+        self._table = None
+
+    def relative_gradients(self) -> dict[str, float]:
+        """|g| / |w| per block for the next step, as if every block were trainable.
+
+        One full forward and backward pass on the current weights, with BatchNorm modes as the
+        current configuration sets them; nothing changes (no update, statistics restored).
+        This is the signal Auto-RGN (Lee et al. 2023, "Surgical fine-tuning") uses to pick the
+        blocks to fine-tune: the block whose weights would move most, relative to their size.
+        """
+        self._apply_states(self.block_states())
+        named = dict(self.model.named_parameters())
+        params = {name: [named[p] for p in block.parameters] for name, block in self._blocks.items()}
+        with untouched(self.model):
+            for group in params.values():
+                for p in group:
+                    p.requires_grad_(True)
+            loss = self._loss(self.step_count + 1)
+            flat = [p for group in params.values() for p in group]
+            grads = dict(zip(map(id, flat), torch.autograd.grad(loss, flat, allow_unused=True)))
+        result = {}
+        for name, group in params.items():
+            got = [grads[id(p)] for p in group if grads[id(p)] is not None]
+            weight = _norm([p.detach() for p in group])
+            result[name] = _norm(got) / weight if got and weight > 0 else 0.0
+        return result
 
     # ------------------------------------------------------------------ stepping
 
     def step(self) -> StepReport:
         """One real training step on the batch; returns what it did to every block.
 
-        FLOPs and saved-activation bytes are measured on the first step of each configuration
-        (``measure_ms`` says how long that took) and reused afterwards, so ordinary steps run
-        bare and ``step_ms`` times only the forward, backward and optimizer update.
+        The cost of the configuration comes from the per-block measurements (taken on the
+        first step, ``measure_ms`` says how long that took), so the step itself runs bare and
+        ``step_ms`` times only the forward, backward and optimizer update.
         """
-        measured_before = len(self._costs)
         measure_start = time.perf_counter()
+        had_table = self._table is not None and not self._table.missing(self.frozen_states())
         baseline, cost = self.baseline(), self.cost()
-        measured = len(self._costs) > measured_before
-        measure_ms = (time.perf_counter() - measure_start) * 1000.0 if measured else 0.0
-        self._apply_modes()
+        measure_ms = 0.0 if had_table else (time.perf_counter() - measure_start) * 1000.0
+        self._apply_states(self.block_states())
         optimizer = self._sync_optimizer()
         held = [p for group in optimizer.param_groups for p in group["params"]] if optimizer else []
         before = {id(p): p.detach().clone() for p in held}
-        bn_before = {name: [m.running_mean.clone() for m in self._bn_layers(name) if m.training]
+        bn_before = {name: [m.running_mean.clone() for m in self._bn_layers[name] if m.training]
                      for name in self.blocks}
 
         start = time.perf_counter()
@@ -263,14 +343,45 @@ class FreezeSim:
             total_params=self.total_params(), step_ms=step_ms, measure_ms=measure_ms,
             bn_train_when_frozen=self._bn_train_when_frozen, stale_gradients=self._stale_gradients,
             frozen=tuple(n for n in self.blocks if n in self._frozen),
+            train_norm_affine=self._train_norm_affine,
         )
         self.history.append(report)
         return report
 
+    def train(self, steps: int, on_step: Callable[[StepReport], None] | None = None) -> list[StepReport]:
+        """Take ``steps`` steps; ``on_step(report)`` is called after each (the widget draws there)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        reports = []
+        for _ in range(steps):
+            reports.append(self.step())
+            if on_step is not None:
+                on_step(reports[-1])
+        return reports
+
+    def trial(self, state: Mapping, steps: int) -> list[StepReport]:
+        """Run ``steps`` steps from the start under scenario ``state`` (see :meth:`state`), on the
+        same batch and seed, then put everything back as it was: weights, optimizer, history,
+        configuration. This is the A/B comparison: two trials differ only in ``state``."""
+        if "seed" in state and state["seed"] != self._seed:
+            raise ValueError("a trial runs on the simulator's own batch and seed; leave 'seed' out of state")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        saved_state, weights = self.state(), self._snapshot()
+        optimizer, history = self._optimizer, self.history
+        try:
+            self.load_state(state)
+            return self.train(steps)
+        finally:
+            self.load_state(saved_state)
+            with torch.no_grad():
+                self.model.load_state_dict(weights)
+            self._optimizer, self.history = optimizer, history
+
     def reset(self) -> None:
         """Weights, BatchNorm statistics, optimizer and history back to the start.
 
-        The frozen set and the teaching switches stay as they are: they are your experiment.
+        The frozen set and the switches stay as they are: they are your experiment.
         """
         with torch.no_grad():
             self.model.load_state_dict(self._start)
@@ -284,8 +395,8 @@ class FreezeSim:
         """The scenario as a JSON-serialisable dict: frozen blocks, seed, switches, optimizer."""
         return {"frozen": [n for n in self.blocks if n in self._frozen], "seed": self._seed,
                 "bn_train_when_frozen": self._bn_train_when_frozen,
-                "stale_gradients": self._stale_gradients, "optimizer": self.optimizer_name,
-                "lr": self.lr, "momentum": self.momentum}
+                "stale_gradients": self._stale_gradients, "train_norm_affine": self._train_norm_affine,
+                "optimizer": self.optimizer_name, "lr": self.lr, "momentum": self.momentum}
 
     def load_state(self, state: Mapping) -> FreezeSim:
         """Apply a scenario saved by :meth:`state` (keys left out keep their value), then reset.
@@ -310,10 +421,11 @@ class FreezeSim:
         self._set_optimizer_settings(optimizer, lr, state.get("momentum", self.momentum))
         self._bn_train_when_frozen = bool(state.get("bn_train_when_frozen", self._bn_train_when_frozen))
         self._stale_gradients = bool(state.get("stale_gradients", self._stale_gradients))
+        self._train_norm_affine = bool(state.get("train_norm_affine", self._train_norm_affine))
         if seed != self._seed:
             self._reseed(seed)
-        for name in self.blocks:
-            self.set_frozen(name, name in frozen)
+        self._frozen = set(frozen)
+        self._apply_trainability()
         self.reset()
         return self
 
@@ -331,6 +443,20 @@ class FreezeSim:
                 f"frozen={[n for n in self.blocks if n in self._frozen]}, trainable={trainable})")
 
     # ------------------------------------------------------------------ internals
+
+    def _lay_out(self) -> None:
+        """Order the blocks as the forward pass uses them and cut it into segments."""
+        with contextlib.ExitStack() as stack:
+            modes = [(m, m.training) for m in self.model.modules()]
+            stack.callback(lambda: [setattr(m, "training", t) for m, t in modes])
+            self.model.eval()
+            self.layout: Layout = forward_layout(self.model, self._resolved, lambda: self.model(self.images))
+        self._blocks: OrderedDict[str, Block] = ordered(self._resolved, self.layout)
+        self.blocks: OrderedDict[str, list[str]] = OrderedDict(
+            (name, list(block.members)) for name, block in self._blocks.items())
+        self._norm_params = {name: norm_parameters(self.model, b) for name, b in self._blocks.items()}
+        self._bn_layers = {name: batchnorm_layers(self.model, b) for name, b in self._blocks.items()}
+        self._bn_blocks = {name: bool(layers) for name, layers in self._bn_layers.items()}
 
     def _check_blocks(self, names) -> None:
         if isinstance(names, str):
@@ -358,18 +484,28 @@ class FreezeSim:
         self.optimizer_name, self.lr, self.momentum = optimizer, float(lr), float(momentum)
         self._optimizer = None
 
-    def _params_of(self, name: str) -> Iterator[nn.Parameter]:
-        seen: set[int] = set()
-        for module_name in self.blocks[name]:
-            for p in self.model.get_submodule(module_name).parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    yield p
+    def _apply_states(self, states: Mapping[str, str]) -> None:
+        """``requires_grad`` and train/eval modes for per-block ``states`` (one rule for the step
+        and for measuring): trainable blocks train everything; "a" blocks only their normalisation
+        scale and shift; frozen blocks nothing, their BatchNorm in eval mode unless state "d".
+        Parameters outside every block stay frozen."""
+        named = dict(self.model.named_parameters())
+        wanted: set[str] = set()
+        for name, state in states.items():
+            if state == "t":
+                wanted.update(self._blocks[name].parameters)
+            elif state == "a":
+                wanted.update(self._norm_params[name])
+        for pname, p in named.items():
+            p.requires_grad_(pname in wanted)
+        self.model.train()
+        for name, state in states.items():
+            if state == "f":
+                for layer in self._bn_layers[name]:
+                    layer.eval()
 
-    def _bn_layers(self, name: str) -> list[nn.Module]:
-        return [m for module_name in self.blocks[name]
-                for m in self.model.get_submodule(module_name).modules()
-                if isinstance(m, freezing.BATCHNORM_TYPES) and m.running_mean is not None]
+    def _apply_trainability(self) -> None:
+        self._apply_states(self.block_states())
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -398,15 +534,10 @@ class FreezeSim:
             made = default_batch(self._batch_size, self._image_size, seed)
             self.images, self.labels = made.images.to(self.images.device), made.labels.to(self.labels.device)
             self._fit_head()
-            for name in self.blocks:  # the new head's parameters start trainable
-                self.set_frozen(name, name in self._frozen)
+            self._lay_out()  # the new head is a new module: hooks and BatchNorm lists follow it
+        self._apply_trainability()
         self._start = self._snapshot()
-        self._costs.clear()
-
-    def _apply_modes(self) -> None:
-        self.model.train()
-        if not self._bn_train_when_frozen:
-            freezing.frozen_bn_eval(self.model)
+        self._table = None
 
     def _sync_optimizer(self) -> torch.optim.Optimizer | None:
         """The optimizer for this step, rebuilt when the parameters it must hold change.
@@ -439,24 +570,39 @@ class FreezeSim:
     def _loss(self, step: int) -> torch.Tensor:
         with _seeded(self._seed * 100_003 + step):
             output = self.model(self.images)
-        if not isinstance(output, torch.Tensor):  # Inception/GoogLeNet return (logits, aux...)
+        if not isinstance(output, torch.Tensor):  # a model that returns (logits, extras...)
             output = getattr(output, "logits", output[0])
         return F.cross_entropy(output, self.labels)
 
     def _block_report(self, name: str, cost: Cost, before: dict[int, torch.Tensor],
                       bn_before: list[torch.Tensor]) -> BlockReport:
-        params = list(self._params_of(name))
-        grads = [p.grad.detach() for p in params if p.requires_grad and p.grad is not None]
+        params = [self.model.get_parameter(p) for p in self._blocks[name].parameters]
+        start = [self._start[p] for p in self._blocks[name].parameters]
+        trainable = [p for p in params if p.requires_grad]
+        grads = [p.grad.detach() for p in trainable if p.grad is not None]
         deltas = [p.detach() - before[id(p)] for p in params if id(p) in before]
-        after = [m.running_mean for m in self._bn_layers(name) if m.training]
+        frozen_deltas = [p.detach() - before[id(p)] for p in params if id(p) in before and not p.requires_grad]
+        after = [m.running_mean for m in self._bn_layers[name] if m.training]
         drifts = [a - b for a, b in zip(after, bn_before)]
+        weight = _norm([p.detach() for p in trainable])
         return BlockReport(
             name=name, frozen=name in self._frozen, params=sum(p.numel() for p in params),
-            trainable_params=sum(p.numel() for p in params if p.requires_grad),
+            trainable_params=sum(p.numel() for p in trainable),
             grad_norm=_norm(grads) if grads else None,
             weight_delta=_norm(deltas), pass_through=name in cost.pass_through,
-            bn_drift=_norm(drifts),
+            bn_drift=_norm(drifts), state=self.block_state(name), frozen_delta=_norm(frozen_deltas),
+            distance=_norm([p.detach() - s for p, s in zip(params, start)]),
+            relative_grad=_norm(grads) / weight if grads and weight > 0 else None,
         )
+
+
+def _drop_aux_heads(model: nn.Module) -> None:
+    """Remove auxiliary classifiers: the simulator's loss uses the main output only."""
+    for name in AUX_HEADS:
+        if isinstance(getattr(model, name, None), nn.Module):
+            setattr(model, name, None)
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
 
 
 def _norm(tensors: list[torch.Tensor]) -> float:
@@ -467,7 +613,7 @@ def _norm(tensors: list[torch.Tensor]) -> float:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int):
+def _seeded(seed: int) -> Iterator[None]:
     """Run with torch's CPU generator seeded, leaving the caller's random state untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import html
 import re
-from pathlib import Path
 
 import ipywidgets as widgets
 
@@ -273,18 +272,3 @@ def _warnings(sim: FreezeSim, report: StepReport | None) -> list[str]:
         notes.append("Frozen BatchNorm stays in train mode: freeze a block and step to see its "
                      "statistics drift.")
     return notes
-
-
-def save_snapshot(sim: FreezeSim, path: str | Path, report: StepReport | None = None, dpi: int = 100) -> Path:
-    """Write the diagram and the figure for ``report`` (default: the last step) as a PNG.
-
-    This is the static stand-in for readers who cannot run the widget (GitHub). With no step
-    taken yet, one step is run first.
-    """
-    if report is None:
-        report = sim.history[-1] if sim.history else sim.step()
-    fig = figure.snapshot_figure(sim.block_names, set(report.frozen), report, report.cost, report.baseline)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(figure.to_png(fig, dpi=dpi))
-    return path
