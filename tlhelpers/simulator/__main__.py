@@ -26,9 +26,8 @@ def snapshot(path: Path = DEFAULT_PATH) -> Path:
 
     model, _ = models.load_model("mobilenet_v2", weights="IMAGENET1K_V1")
     sim = FreezeSim.from_state(model, SNAPSHOT_STATE)
-    for _ in range(SNAPSHOT_STEPS):
-        sim.step()
-    return save_snapshot(sim, path)
+    sim.train(SNAPSHOT_STEPS)
+    return save_snapshot(sim, path, arch="mobilenet_v2", note="ImageNet weights (IMAGENET1K_V1)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -107,6 +107,11 @@ class CostTable:
         depth = max((len(keys) for keys in todo), default=0)
         return [{i: keys[j] for i, keys in enumerate(todo) if j < len(keys)} for j in range(depth)]
 
+    def missing_for(self, states: Mapping[str, str]) -> list[dict[int, str]]:
+        """The not yet measured cases one configuration needs, as one pass (or none)."""
+        wanted = {i: key for i, key in enumerate(self.keys(states)) if not is_idle(key) and key not in self.cases[i]}
+        return [wanted] if wanted else []
+
     def merge(self, measured: CaseMeasurement) -> None:
         """Add newly measured cases (and, the first time, the border sizes and forward FLOPs)."""
         for mine, new in zip(self.cases, measured.cases):

@@ -1,49 +1,44 @@
-"""Draw what a simulated step did: one matplotlib figure, rendered to PNG bytes.
+"""The simulator as a static picture: the widget's look, drawn with matplotlib, for readers
+without a kernel (GitHub, nbviewer) and for ``notebooks/figures/freeze_simulator.png``.
 
-Three panels side by side, blocks listed input (top) to output (bottom):
-
-1. gradient norm per block (frozen blocks read "no grad"; frozen blocks that backward had to
-   pass through to reach trainable blocks below them are marked "pass-through");
-2. how far each block's weights moved, with BatchNorm running-mean drift beside it, and any
-   "frozen" block that moved anyway flagged in red;
-3. compute and memory of this configuration against the all-trainable baseline.
-
-:func:`snapshot_figure` adds the block diagram on top, for the static PNG that readers on
-GitHub see. Figures are built with ``matplotlib.figure.Figure`` (no pyplot, no GUI backend),
-so drawing works the same in a kernel, a test and a script.
+The layout follows ``static/freeze_view.js``: the blocks from input to loss with the backward
+path in vermillion (frozen blocks blue and hatched, trainable ones green, every state also in
+words), the flow sentence, the three cost bars against training everything, the per-block
+table (gradient, weight change, BatchNorm drift, distance moved since the start) and the
+loss curve. Figures are built with ``matplotlib.figure.Figure`` (no pyplot, no GUI backend) and
+need no widget library: ``python -m tlhelpers.simulator snapshot`` runs without ipywidgets.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
-from matplotlib.ticker import NullFormatter
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
-from tlhelpers.simulator.report import Cost, StepReport, describe_flow
+from tlhelpers.simulator.palette import PALETTE
+from tlhelpers.simulator.report import describe_flow
 
 if TYPE_CHECKING:
     from tlhelpers.simulator.sim import FreezeSim
 
-FROZEN = "#1f6fb2"      # blue: frozen
-TRAINABLE = "#2e8b3e"   # green: trainable
-GRADIENT = "#d62728"    # red: the backward path
-DRIFT = "#f28e2b"       # orange: BatchNorm statistics
-MUTED = "#8a8a8a"
-BASELINE = "#e6e6e6"
-DPI = 100               # figure inches * DPI = pixels
+FROZEN, TRAINABLE, GRADIENT = PALETTE["frozen"], PALETTE["trainable"], PALETTE["gradient"]
+DRIFT, MUTED, BASELINE, INK = PALETTE["drift"], PALETTE["muted"], PALETTE["baseline"], PALETTE["ink"]
+STATE_WORDS = {"t": "trainable", "f": "frozen", "d": "frozen, BN drifts", "a": "frozen, norm trains"}
+DPI = 80  # figure inches * DPI = pixels; small enough for a notebook output
 
 
 def human(value: float, unit: str = "") -> str:
-    """1234567 -> '1.2 M' (with an optional unit): numbers a learner can read at a glance."""
+    """1234567 -> '1.23 M' (with an optional unit): numbers a learner can read at a glance.
+    The widget's ``human`` in freeze_view.js gives the same text."""
     for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= factor:
             scaled = value / factor
-            return f"{scaled:.3g} {prefix}{unit}" if scaled < 100 else f"{scaled:.0f} {prefix}{unit}"
-    return f"{value:.0f} {unit}".rstrip()
+            return f"{scaled:.3g} {prefix}{unit}" if scaled < 100 else f"{round(scaled)} {prefix}{unit}"
+    return f"{round(value)} {unit}".rstrip()
 
 
 def share_text(value: float, reference: float) -> str:
@@ -55,213 +50,217 @@ def share_text(value: float, reference: float) -> str:
         return ">99%"
     if 0 < share < 0.005:
         return "<1%"
-    return f"{share:.0%}"
+    return f"{math.floor(share * 100 + 0.5)}%"
 
 
-def _style_block_axis(ax, names: Sequence[str], frozen: set[str]) -> None:
-    ax.set_yticks(range(len(names)), names)
-    ax.set_ylim(len(names) - 0.5, -0.5)  # input at the top
-    for label, name in zip(ax.get_yticklabels(), names):
-        label.set_color(FROZEN if name in frozen else TRAINABLE)
-        label.set_fontweight("bold")
-    ax.tick_params(axis="y", length=0)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+def _width(name: str, endpoint: bool) -> float:
+    return max(64.0, 12 + 7.2 * max(len(name), 0 if endpoint else 9))
 
 
-def _placeholder(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color=MUTED, fontsize=9)
-    ax.set_xticks([])
-
-
-def _gradient_panel(ax, names: Sequence[str], report: StepReport | None, stale: str) -> None:
-    ax.set_title("Gradient norm per block" + stale, fontsize=10, loc="left")
-    if report is None:
-        _placeholder(ax, "Press Train step\nto run one real step")
-        return
-    norms = {n: b.grad_norm for n, b in report.blocks.items()}
-    present = [v for v in norms.values() if v is not None and v > 0]
-    low = min(present) / 4 if present else 1e-3
-    high = max(present) * 6 if present else 1.0
-    ax.set_xscale("log")
-    ax.set_xlim(low, high)
-    for y, name in enumerate(names):
-        block = report.blocks[name]
-        if block.grad_norm is None:
-            if block.pass_through:
-                ax.axhspan(y - 0.42, y + 0.42, color=GRADIENT, alpha=0.08, lw=0)
-                text, color = "no grad · pass-through", GRADIENT
-            else:
-                text, color = "no grad", FROZEN
-            ax.text(low * 1.15, y, text, va="center", fontsize=8, color=color, style="italic")
-        else:
-            value = max(block.grad_norm, low)
-            ax.barh(y, value, left=low, height=0.6, color=TRAINABLE)
-            ax.text(value * 1.3, y, f"{block.grad_norm:.3g}", va="center", fontsize=8)
-    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short ranges
-    ax.set_xlabel("‖gradient‖ (log scale)", fontsize=8)
-    ax.tick_params(axis="x", labelsize=7)
-
-
-def _change_panel(ax, names: Sequence[str], report: StepReport | None, stale: str) -> None:
-    ax.set_title("How far it moved this step" + stale, fontsize=10, loc="left")
-    if report is None:
-        _placeholder(ax, "weights and BatchNorm statistics\nappear here after a step")
-        return
-    blocks = [report.blocks[n] for n in names]
-    top = max([b.weight_delta for b in blocks] + [b.bn_drift for b in blocks] + [1e-12])
-    ax.set_xlim(0, top * 1.9)
-    for y, block in enumerate(blocks):
-        color = GRADIENT if block.moved_while_frozen else TRAINABLE
-        if block.weight_delta > 0:
-            ax.barh(y - 0.17, block.weight_delta, height=0.32, color=color)
-        if block.bn_drift > 0:
-            ax.barh(y + 0.17, block.bn_drift, height=0.32, color=DRIFT)
-        if block.moved_while_frozen:
-            text, text_color, weight = f"{block.weight_delta:.2g}  moved while frozen!", GRADIENT, "bold"
-        elif block.weight_delta > 0:
-            text, text_color, weight = f"{block.weight_delta:.2g}", "black", "normal"
-        else:
-            text = "0 (frozen)" if block.frozen else "0"
-            text_color, weight = (FROZEN if block.frozen else MUTED), "normal"
-        ax.text(block.weight_delta + top * 0.03, y - 0.17, text, va="center", fontsize=8,
-                color=text_color, fontweight=weight)
-        if block.bn_drift > 0:
-            drift = f"{block.bn_drift:.2g}" + ("  BN drifted while frozen!" if block.frozen else "")
-            ax.text(block.bn_drift + top * 0.03, y + 0.17, drift, va="center", fontsize=7, color=DRIFT,
-                    fontweight="bold" if block.frozen else "normal")
-    handles = [Patch(color=TRAINABLE, label="‖Δ weights‖"), Patch(color=DRIFT, label="‖Δ BN running mean‖")]
-    ax.legend(handles=handles,
-              fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
-    ax.tick_params(axis="x", labelsize=7)
-
-
-def _cost_panel(ax, cost: Cost, baseline: Cost, trainable: int, total: int) -> None:
-    ax.set_title("Cost vs. everything trainable", fontsize=10, loc="left")
-    rows = [("trainable\nparameters", trainable, total, ""),
-            ("backward\ncompute", cost.backward_flops, baseline.backward_flops, "FLOP"),
-            ("saved\nactivations", cost.saved_activation_bytes, baseline.saved_activation_bytes, "B")]
-    for y, (label, value, reference, unit) in enumerate(rows):
-        share = value / reference if reference else 0.0
-        ax.barh(y, 1.0, height=0.55, color=BASELINE)
-        ax.barh(y, share, height=0.55, color=TRAINABLE if share > 0 else MUTED)
-        caption = f"{share_text(value, reference)}: {human(value, unit)} of {human(reference, unit)}"
-        ax.text(0.0, y - 0.43, caption, va="center", fontsize=8)
-    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
-    ax.set_ylim(len(rows) - 0.4, -0.75)
-    ax.set_xlim(0, 1.0)
-    ax.set_xticks([0, 0.5, 1.0], ["0", "50%", "100%"], fontsize=7)
-    ax.tick_params(axis="y", length=0)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-
-
-PANEL_MARGINS = {"left": 1.0, "right": 0.15, "bottom": 0.6, "top": 0.35}  # inches
-
-
-def panels_height(blocks: int) -> float:
-    """Height in inches of the three panels for ``blocks`` rows, margins included."""
-    return 0.32 * blocks + 1.3
-
-
-def draw_panels(fig: Figure, names: Sequence[str], frozen: set[str], report: StepReport | None,
-                cost: Cost, baseline: Cost, trainable: int, total: int, offset: float = 0.0) -> None:
-    """Draw the three panels across ``fig``, in the bottom ``panels_height`` inches above ``offset``.
-
-    ``frozen`` and ``cost`` describe the configuration now; ``report`` is the last step (or
-    None), which may have run under another configuration: its panels then say so. The layout
-    uses fixed margins rather than a layout engine: drawing is twice as fast, and the figure
-    is redrawn on every click.
-    """
-    width, height = fig.get_size_inches()
-    inches = PANEL_MARGINS
-    grid = fig.add_gridspec(
-        1, 3, width_ratios=[1.15, 1.2, 0.85], wspace=0.35,
-        left=inches["left"] / width, right=1 - inches["right"] / width,
-        bottom=(offset + inches["bottom"]) / height,
-        top=(offset + panels_height(len(names)) - inches["top"]) / height)
-    shown_frozen = set(report.frozen) if report is not None else frozen
-    stale = "" if report is None or set(report.frozen) == frozen else f" (step {report.step})"
-    for index, panel in enumerate((_gradient_panel, _change_panel)):
-        ax = fig.add_subplot(grid[0, index])
-        _style_block_axis(ax, names, shown_frozen)
-        if index == 1:
-            ax.set_yticklabels([])
-        panel(ax, names, report, stale)
-    _cost_panel(fig.add_subplot(grid[0, 2]), cost, baseline, trainable, total)
-
-
-def panels_figure(names: Sequence[str], frozen: set[str], report: StepReport | None, cost: Cost,
-                  baseline: Cost, trainable: int, total: int, width: float = 10.5) -> Figure:
-    """The view's figure: the three panels, sized for a notebook cell."""
-    fig = Figure(figsize=(width, panels_height(len(names))))
-    draw_panels(fig, names, frozen, report, cost, baseline, trainable, total)
-    return fig
-
-
-def draw_diagram(ax, names: Sequence[str], frozen: set[str], cost: Cost) -> None:
-    """input -> blocks -> loss as boxes, with the backward path in red (for static images)."""
+def draw_diagram(ax, names: Sequence[str], states: dict[str, str], flow: Sequence[str], stop_at: str | None,
+                 pass_through: Sequence[str]) -> None:
+    """input -> blocks -> loss, with the backward path: the widget's SVG, in pixels (y down)."""
     items = ["input", *names, "loss"]
-    ax.set_xlim(-0.6, len(items) - 0.4)
-    ax.set_ylim(-1.25, 0.75)
+    widths = [_width(item, item in ("input", "loss")) for item in items]
+    gap, top, height, line_y = 22.0, 24.0, 46.0, 92.0
+    xs, x = [], 6.0
+    for w in widths:
+        xs.append(x)
+        x += w + gap
+    total = x - gap + 6
+    ax.set_xlim(0, total)
+    ax.set_ylim(128, 0)
     ax.axis("off")
-    reached = set(cost.flow)
-    for x, item in enumerate(items):
+    ax.text(6, 13, "forward: input → loss", fontsize=8, color=MUTED, va="center")
+    on_path, passing = set(flow), set(pass_through)
+    for i, item in enumerate(items):
+        cx = xs[i] + widths[i] / 2
+        if i:
+            ax.annotate("", (xs[i] - 3, top + height / 2), (xs[i] - gap + 2, top + height / 2),
+                        arrowprops=dict(arrowstyle="-|>", color="#8a8a8a", lw=1.2, shrinkA=0, shrinkB=0))
         if item in ("input", "loss"):
-            face, edge, text_color = "#f2f2f2", MUTED, "#333333"
+            ax.add_patch(FancyBboxPatch((xs[i], top), widths[i], height, boxstyle="round,pad=0,rounding_size=8",
+                                        facecolor="#f2f2f2", edgecolor="#9a9a9a"))
+            ax.text(cx, top + height / 2, item, ha="center", va="center", fontsize=9, fontweight="bold", color="#333333")
+            continue
+        state = states[item]
+        face = TRAINABLE if state == "t" else FROZEN
+        edge = GRADIENT if item in on_path else (DRIFT if state == "d" else face)
+        ax.add_patch(FancyBboxPatch((xs[i], top), widths[i], height, boxstyle="round,pad=0,rounding_size=8",
+                                    facecolor=face, edgecolor=edge, linewidth=2.2 if item in on_path else 1.5))
+        if state != "t":  # hatched, as in the widget: frozen is not told by colour alone
+            ax.add_patch(FancyBboxPatch((xs[i], top), widths[i], height, boxstyle="round,pad=0,rounding_size=8",
+                                        facecolor="none", edgecolor="none", hatch="//", hatchcolor=(1, 1, 1, 0.3),
+                                        linewidth=0))
+        if state == "a":
+            ax.add_patch(Rectangle((xs[i], top + height - 9), widths[i], 9, facecolor=TRAINABLE, edgecolor="none"))
+        ax.text(cx, top + 17, item, ha="center", va="center", fontsize=9, fontweight="bold", color="white")
+        word = STATE_WORDS[state].replace("frozen, ", "")
+        ax.text(cx, top + 32, ("❄ " if state != "t" else "") + word, ha="center", va="center", fontsize=7.5, color="white")
+        if item in passing:
+            ax.text(cx, line_y + 17, "pass-through", ha="center", va="center", fontsize=7.5, color=GRADIENT, fontweight="bold")
+        elif item in on_path:
+            ax.text(cx, line_y + 17, "∇ weights", ha="center", va="center", fontsize=7.5, color=GRADIENT, fontweight="bold")
+        elif item == stop_at:
+            ax.text(cx, line_y + 17, "✕ stops here", ha="center", va="center", fontsize=7.5, color=MUTED, style="italic")
+    end = xs[-1] + widths[-1] / 2
+    if flow:
+        earliest = items.index(flow[-1])
+        ax.add_patch(FancyArrowPatch((end, line_y), (xs[earliest] + 4, line_y), arrowstyle="-|>", mutation_scale=12,
+                                     color=GRADIENT, linewidth=2.6, shrinkA=0, shrinkB=0))
+        ax.text(end, line_y - 7, "backward", ha="right", va="center", fontsize=7.5, color=GRADIENT, fontweight="bold")
+    else:
+        ax.text(end, line_y, "no backward pass: nothing trains", ha="right", va="center", fontsize=7.5,
+                color=MUTED, style="italic")
+
+
+def _cost_rows(ax, rows: list[tuple[str, float, float, str, str]]) -> None:
+    ax.axis("off")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(len(rows) + 0.2, -0.8)
+    ax.text(0, -0.45, "This configuration vs. training everything", fontsize=9, fontweight="bold", va="center", color=INK)
+    for y, (label, value, reference, unit, detail) in enumerate(rows):
+        share = min(1.0, value / reference) if reference else 0.0
+        ax.text(0, y + 0.1, label, fontsize=8.5, va="center", color=INK)
+        ax.add_patch(Rectangle((0.2, y - 0.18), 0.28, 0.56, facecolor=BASELINE, edgecolor="none"))
+        colour = GRADIENT if "compute" in label else TRAINABLE
+        ax.add_patch(Rectangle((0.2, y - 0.18), 0.28 * share, 0.56, facecolor=colour, edgecolor="none"))
+        text = f"{share_text(value, reference)}: {human(value, unit)} of {human(reference, unit)}"
+        ax.text(0.5, y + 0.1, text + (f" ({detail})" if detail else ""), fontsize=8, va="center", color=INK)
+
+
+def _bar(ax, x: float, y: float, width: float, share: float, colour: str) -> None:
+    ax.add_patch(Rectangle((x, y - 0.3), width, 0.6, facecolor=BASELINE, edgecolor="none"))
+    ax.add_patch(Rectangle((x, y - 0.3), width * max(0.0, min(1.0, share)), 0.6, facecolor=colour, edgecolor="none"))
+
+
+def _short(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0"
+    return f"{value:.2e}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.3g}"
+
+
+def _block_table(ax, names: Sequence[str], states: dict[str, str], sim: FreezeSim) -> None:
+    ax.axis("off")
+    rows = len(names)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(rows + 0.6, -1.2)
+    headers = [(0, "block"), (17, "state"), (33, "‖gradient‖"), (52, "‖Δ weights‖ this step"),
+               (72, "‖Δ BN mean‖"), (86, "moved since start")]
+    for x, text in headers:
+        ax.text(x, -0.6, text, fontsize=7.5, fontweight="bold", va="center", color=INK)
+    report = sim.history[-1] if sim.history else None
+    grads = [b.grad_norm or 0 for b in report.blocks.values()] if report else [0]
+    changes = ([b.weight_delta for b in report.blocks.values()] + [b.bn_drift for b in report.blocks.values()]) if report else [0]
+    top_grad, top_change = max(grads), max(changes)
+    paths = {name: [r.blocks[name].distance for r in sim.history] for name in names}
+    top_distance = max([v for p in paths.values() for v in p] + [0])
+    for y, name in enumerate(names):
+        state = states[name]
+        ax.text(0, y, name, fontsize=8, fontweight="bold", va="center", color=INK)
+        ax.text(17, y, STATE_WORDS[state], fontsize=7.5, va="center", color=TRAINABLE if state == "t" else FROZEN,
+                fontweight="bold")
+        if report is None:
+            continue
+        row = report.blocks[name]
+        share = 0.0
+        if row.grad_norm and top_grad:
+            share = max(0.04, 1 + math.log10(max(row.grad_norm, top_grad * 1e-4) / top_grad) / 4)
+        _bar(ax, 33, y, 8, share, GRADIENT)
+        grad_text = _short(row.grad_norm) if row.grad_norm is not None else ("none · pass-through" if row.pass_through else "none")
+        ax.text(42, y, grad_text, fontsize=7, va="center", color=INK)
+        moved = row.moved_while_frozen
+        _bar(ax, 52, y, 8, row.weight_delta / top_change if top_change else 0, GRADIENT if moved else TRAINABLE)
+        ax.text(61, y, _short(row.weight_delta) + ("  moved while frozen!" if moved else ""), fontsize=7, va="center",
+                color=GRADIENT if moved else INK)
+        _bar(ax, 72, y, 6, row.bn_drift / top_change if top_change else 0, DRIFT)
+        if row.bn_drift:
+            ax.text(79, y, _short(row.bn_drift), fontsize=7, va="center", color=INK)
+        values = paths[name]
+        colour = TRAINABLE if state == "t" else FROZEN
+        if len(values) > 1 and top_distance > 0:
+            xs = [86 + 9 * i / (len(values) - 1) for i in range(len(values))]
+            ax.plot(xs, [y + 0.3 - 0.6 * v / top_distance for v in values], color=colour, lw=1.3)
         else:
-            face = FROZEN if item in frozen else TRAINABLE
-            edge, text_color = face, "white"
-        ax.add_patch(FancyBboxPatch((x - 0.42, -0.3), 0.84, 0.6, boxstyle="round,pad=0.02,rounding_size=0.12",
-                                    facecolor=face, edgecolor=edge, linewidth=1.2))
-        ax.text(x, 0.0, item, ha="center", va="center", fontsize=8, color=text_color, fontweight="bold")
-        if x:
-            ax.annotate("", (x - 0.43, 0.0), (x - 0.57, 0.0),
-                        arrowprops=dict(arrowstyle="->", color="#555555"))
-        if item in cost.pass_through:
-            ax.text(x, -0.95, "pass-through", ha="center", va="center", fontsize=7, color=GRADIENT)
-        if item == cost.stop_at:
-            ax.text(x, -0.6, "stops here", ha="center", va="center", fontsize=7, color=MUTED, style="italic")
-    if reached:
-        earliest = min(items.index(n) for n in reached)
-        ax.add_patch(FancyArrowPatch((len(items) - 1, -0.6), (earliest - 0.3, -0.6), arrowstyle="-|>",
-                                     mutation_scale=12, color=GRADIENT, linewidth=2.2))
-    sentence = describe_flow(cost.flow, cost.stop_at, "→")
-    ax.text(-0.55, 0.62, "forward: input → loss (grey)   backward (red): " + sentence,
-            fontsize=8.5, color="#333333", va="center")
+            ax.plot([86, 95], [y + 0.3, y + 0.3], color=colour, lw=1.3)
+        ax.text(96, y, _short(values[-1]) if values else "", fontsize=7, va="center", color=INK)
 
 
-def snapshot_figure(names: Sequence[str], frozen: set[str], report: StepReport, cost: Cost,
-                    baseline: Cost, width: float = 10.5) -> Figure:
-    """The diagram above the three panels, with the step and loss: a static stand-in for the widget."""
-    diagram = 1.6  # inches
-    panels = panels_height(len(names))
-    fig = Figure(figsize=(width, panels + diagram))
-    height = panels + diagram
-    draw_diagram(fig.add_axes((0.01, panels / height, 0.98, (diagram - 0.35) / height)), names, frozen, cost)
-    draw_panels(fig, names, frozen, report, cost, baseline, report.trainable_params, report.total_params)
-    fig.suptitle(f"Freeze simulator, step {report.step}: loss {report.loss:.3f}", fontsize=11, x=0.01, y=0.99,
-                 ha="left", va="top")
+def _loss_curve(ax, sim: FreezeSim) -> None:
+    ax.set_title("loss per step", fontsize=8.5, loc="left", color=INK)
+    if not sim.history:
+        ax.text(0.5, 0.5, "train to see the loss", transform=ax.transAxes, ha="center", va="center", fontsize=8, color=MUTED)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    steps = [r.step for r in sim.history]
+    losses = [r.loss for r in sim.history]
+    ax.plot(steps, losses, color=GRADIENT, lw=2, marker="o", markersize=3)
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel("step", fontsize=7.5)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def snapshot_figure(sim: FreezeSim, arch: str | None = None, note: str | None = None, width: float = 11.0) -> Figure:
+    """The simulator's current state (configuration, costs, last step, history) as one figure."""
+    names = sim.block_names
+    states = sim.block_states()
+    cost, baseline = sim.cost(), sim.baseline()
+    everything = {name: "t" for name in names}
+    memory, memory_all = sim.training_memory(), sim.training_memory(everything)
+    rows = len(names)
+    diagram_w = sum(_width(n, False) + 22 for n in names) + 2 * (64 + 22)
+    diagram_h = 1.6 * max(1.0, diagram_w / 880)
+    table_h = 0.25 * rows + 0.55
+    height = 0.55 + diagram_h + 0.35 + 1.05 + max(table_h, 1.9) + 0.3
+    fig = Figure(figsize=(width, height), dpi=DPI, facecolor="white")
+    y = height
+    title = f"Freeze simulator · {arch or type(sim.model).__name__}"
+    title += f" · step {sim.step_count}: loss {sim.history[-1].loss:.3f}" if sim.history else " · step 0: nothing trained yet"
+    fig.text(0.012, 1 - 0.2 / height, title, fontsize=11, fontweight="bold", va="center", color=INK)
+    if note:
+        fig.text(0.012, 1 - 0.42 / height, note, fontsize=8, va="center",
+                 color=GRADIENT if note.startswith("random") else MUTED)
+    y -= 0.55
+    draw_diagram(fig.add_axes((0.01, (y - diagram_h) / height, 0.98 * min(1.0, diagram_w / 880), diagram_h / height)),
+                 names, states, cost.flow, cost.stop_at, cost.pass_through)
+    y -= diagram_h
+    sentence = describe_flow(cost.flow, cost.stop_at)
+    fig.text(0.012, (y - 0.15) / height, sentence[0].upper() + sentence[1:], fontsize=9.5, fontweight="bold",
+             color=GRADIENT, va="center")
+    y -= 0.35
+    detail = (f"activations {human(memory['activations'], 'B')} + gradients {human(memory['gradients'], 'B')}"
+              f" + optimizer {human(memory['optimizer'], 'B')}")
+    _cost_rows(fig.add_axes((0.012, (y - 1.05) / height, 0.97, 1.0 / height)), [
+        ("Trainable parameters", sim.trainable_params(), sim.total_params(), "", ""),
+        ("Backward compute", cost.backward_flops, baseline.backward_flops, "FLOP", ""),
+        ("Training memory", sum(memory.values()), sum(memory_all.values()), "B", detail)])
+    y -= 1.05
+    panel_h = max(table_h, 1.9)
+    _block_table(fig.add_axes((0.012, (y - panel_h) / height, 0.69, panel_h / height)), names, states, sim)
+    _loss_curve(fig.add_axes((0.76, (y - panel_h + 0.35) / height, 0.22, (panel_h - 0.6) / height)), sim)
     return fig
 
 
 def to_png(fig: Figure, dpi: int = DPI) -> bytes:
-    """Render ``fig`` to PNG bytes (for ``widgets.Image`` or a file)."""
+    """Render ``fig`` to PNG bytes."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
     return buffer.getvalue()
 
 
-def save_snapshot(sim: FreezeSim, path: str | Path, report: StepReport | None = None, dpi: int = DPI) -> Path:
-    """Write the diagram and the panels for ``report`` (default: the last step) as a PNG.
+def snapshot_png(sim: FreezeSim, arch: str | None = None, note: str | None = None, dpi: int = DPI) -> bytes:
+    """:func:`snapshot_figure` as PNG bytes."""
+    return to_png(snapshot_figure(sim, arch, note), dpi=dpi)
 
-    This is the static stand-in for readers who cannot run the widget (GitHub). With no step
-    taken yet, one step is run first. Needs matplotlib only, no widget library.
-    """
-    if report is None:
-        report = sim.history[-1] if sim.history else sim.step()
-    fig = snapshot_figure(sim.block_names, set(report.frozen), report, report.cost, report.baseline)
+
+def save_snapshot(sim: FreezeSim, path: str | Path, arch: str | None = None, note: str | None = None,
+                  dpi: int = DPI) -> Path:
+    """Write the simulator's current state as a PNG (the parent folder is created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(to_png(fig, dpi=dpi))
+    path.write_bytes(snapshot_png(sim, arch, note, dpi))
     return path

@@ -202,32 +202,75 @@ class FreezeSim:
         named = dict(self.model.named_parameters())
         return {p: named[p] for p in self._blocks[name].parameters}
 
+    def norm_parameter_names(self, name: str) -> tuple[str, ...]:
+        """The block's normalisation scale and shift parameters (what ``train_norm_affine`` trains)."""
+        self._check_blocks([name])
+        return self._norm_params[name]
+
+    def has_batchnorm(self, name: str) -> bool:
+        """Whether the block holds BatchNorm layers with running statistics."""
+        self._check_blocks([name])
+        return self._bn_blocks[name]
+
+    def states_for(self, frozen, bn_train_when_frozen: bool | None = None,
+                   train_norm_affine: bool | None = None) -> dict[str, str]:
+        """Each block's state in a configuration (switches left out: the current ones).
+
+        ``"t"`` trainable, ``"f"`` frozen, ``"d"`` frozen with BatchNorm drifting (train mode),
+        ``"a"`` frozen but its normalisation scale and shift train (see ``train_norm_affine``).
+        """
+        frozen = set(frozen)
+        self._check_blocks(list(frozen))
+        bn = self._bn_train_when_frozen if bn_train_when_frozen is None else bn_train_when_frozen
+        affine = self._train_norm_affine if train_norm_affine is None else train_norm_affine
+        states = {}
+        for name in self.blocks:
+            if name not in frozen:
+                states[name] = "t"
+            elif affine and self._norm_params[name]:
+                states[name] = "a"
+            elif bn and self._bn_blocks[name]:
+                states[name] = "d"
+            else:
+                states[name] = "f"
+        return states
+
     def block_state(self, name: str) -> str:
-        """``"t"`` trainable, ``"f"`` frozen, ``"d"`` frozen with BatchNorm drifting (train mode),
-        ``"a"`` frozen but its normalisation scale and shift train (see ``train_norm_affine``)."""
-        if name not in self._frozen:
-            return "t"
-        if self._train_norm_affine and self._norm_params[name]:
-            return "a"
-        if self._bn_train_when_frozen and self._bn_blocks[name]:
-            return "d"
-        return "f"
+        """This block's state now (see :meth:`states_for`)."""
+        return self.block_states()[name]
 
     def block_states(self) -> dict[str, str]:
-        return {name: self.block_state(name) for name in self.blocks}
+        return self.states_for(self._frozen)
 
     def frozen_states(self) -> dict[str, str]:
         """The state each block would have if frozen, under the current switches."""
-        was = set(self._frozen)
-        self._frozen = set(self.blocks)
-        try:
-            return self.block_states()
-        finally:
-            self._frozen = was
+        return self.states_for(self.blocks)
 
-    def trainable_params(self) -> int:
-        """Scalar parameters that currently get gradients."""
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+    def trainable_params(self, states: dict[str, str] | None = None) -> int:
+        """Scalar parameters that get gradients now (or in ``states``)."""
+        if states is None:
+            return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return sum(p.numel() for _, p in self._trainable_in(states))
+
+    def training_memory(self, states: dict[str, str] | None = None) -> dict[str, int]:
+        """Bytes training needs beyond the model: activations saved for backward (summed per
+        block), one gradient per trainable parameter, and the optimizer's state for them.
+
+        Left out: short-lived buffers inside the forward and backward pass (see
+        ``benchmarks/README.md`` for how far a step's measured peak goes above this).
+        """
+        states = self.block_states() if states is None else states
+        gradients = sum(p.numel() * p.element_size() for _, p in self._trainable_in(states))
+        return {"activations": self.cost(states).saved_activation_bytes,
+                "gradients": gradients, "optimizer": self.optimizer_slots() * gradients}
+
+    def _trainable_in(self, states: dict[str, str]) -> list[tuple[str, nn.Parameter]]:
+        named = dict(self.model.named_parameters())
+        chosen = []
+        for name, state in states.items():
+            names = self._blocks[name].parameters if state == "t" else self._norm_params[name] if state == "a" else ()
+            chosen.extend((p, named[p]) for p in names)
+        return chosen
 
     def total_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -240,8 +283,10 @@ class FreezeSim:
 
     # ------------------------------------------------------------------ measuring
 
-    def cost_table(self) -> CostTable:
-        """Per-block measurements for the current input shape and switches (measured on first use)."""
+    def cost_table(self, states: Mapping[str, str] | None = None) -> CostTable:
+        """Per-block measurements for the current input shape: every case any configuration
+        can reach under the current switches (or, given ``states``, at least that configuration's
+        cases), measured on first use."""
         shape = tuple(self.images.shape)
         if self._table is None or self._table_shape != shape:
             blocks = [tuple(s.blocks) for s in self.layout.segments]
@@ -249,6 +294,8 @@ class FreezeSim:
                                     frozenset(b for b in self.blocks if self._blocks[b].is_parameter_block))
             self._table_shape = shape
         passes = self._table.missing(self.frozen_states())
+        if states is not None:
+            passes += self._table.missing_for(states)
         if passes:
             measured = measure_cases(self.model, lambda: self._loss(self.step_count + 1), self._blocks,
                                      self.layout, passes, self._apply_states)
@@ -256,9 +303,17 @@ class FreezeSim:
             self._apply_states(self.block_states())
         return self._table
 
-    def cost(self) -> Cost:
-        """FLOPs, saved activations and gradient path of the current configuration."""
-        return self.cost_table().cost(self.block_states())
+    def needs_measuring(self) -> bool:
+        """Whether the next :meth:`cost` will first measure blocks (a new input shape or switch)."""
+        if self._table is None or self._table_shape != tuple(self.images.shape):
+            return True
+        return bool(self._table.missing(self.frozen_states()))
+
+    def cost(self, states: dict[str, str] | None = None) -> Cost:
+        """FLOPs, saved activations and gradient path of the current configuration (or of
+        ``states``, see :meth:`states_for`), summed from the per-block measurements."""
+        states = self.block_states() if states is None else states
+        return self.cost_table(states).cost(states)
 
     def baseline(self) -> Cost:
         """The same with every block trainable: what freezing is compared with."""
@@ -313,9 +368,9 @@ class FreezeSim:
         ``step_ms`` times only the forward, backward and optimizer update.
         """
         measure_start = time.perf_counter()
-        had_table = self._table is not None and not self._table.missing(self.frozen_states())
+        measuring = self.needs_measuring()
         baseline, cost = self.baseline(), self.cost()
-        measure_ms = 0.0 if had_table else (time.perf_counter() - measure_start) * 1000.0
+        measure_ms = (time.perf_counter() - measure_start) * 1000.0 if measuring else 0.0
         self._apply_states(self.block_states())
         optimizer = self._sync_optimizer()
         held = [p for group in optimizer.param_groups for p in group["params"]] if optimizer else []

@@ -1,274 +1,339 @@
-"""FreezeView: the ipywidgets face of :class:`~tlhelpers.simulator.FreezeSim`.
+"""FreezeView: the simulator's face, an anywidget over :class:`~tlhelpers.simulator.FreezeSim`.
 
-One toggle per block (Frozen blue, Trainable green), Train step, Reset and the two teaching
-switches; a block diagram input -> blocks -> loss with the backward path in red; a one-line
-summary that says what happened in words; and one figure, rendered to PNG into a
-``widgets.Image`` so it swaps without flicker. Only ipywidgets: it runs in JupyterLab, in
-Voila, and headless in tests, where ``view.toggles[name].value = True`` and
-``view.step_button.click()`` drive it like a learner would.
+The browser side (``static/freeze_view.js`` and ``.css``, shipped in the package: no CDN, no
+build step) draws the blocks, the backward path, the costs and the reports in SVG. It gets the
+per-block cost table once, so a toggle, a preset or a switch redraws in the browser at once and
+only then tells the kernel (the ``frozen`` and ``switches`` traits). A real step, ten steps, an
+A/B run, the gradient ranking, a new architecture or a pasted scenario are messages to the
+kernel, handled here by :meth:`FreezeView.handle`; the results come back as traits.
+
+Everything the widget shows is a trait, so tests drive it headless: set ``view.frozen``, call
+``view.handle({"action": "step"})``, read ``view.report``. Runs in JupyterLab, Notebook 7,
+VS Code, Colab and Voila (``notebooks/simulator.ipynb``, where the scenario lives in the page
+address). Readers without a kernel (GitHub) get a PNG of the same state with the output.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
-import html
-import re
+import os
+from pathlib import Path
 
-import ipywidgets as widgets
+import anywidget
+import traitlets
 
-from tlhelpers.simulator import figure
-from tlhelpers.simulator.report import Cost, StepReport
+from tlhelpers.simulator import architectures, scenario
+from tlhelpers.simulator.palette import PALETTE
+from tlhelpers.simulator.report import StepReport
 from tlhelpers.simulator.sim import FreezeSim
 
-CSS_CLASS = "freeze-view"
-#: Toggle colours matched to the diagram and figure (themes differ in their "info" blue).
-STYLE = (f"<style>.{CSS_CLASS} .freeze-toggle.mod-info {{background-color:{figure.FROZEN};color:white}}"
-         f".{CSS_CLASS} .freeze-toggle.mod-success {{background-color:{figure.TRAINABLE};color:white}}</style>")
+STATIC = Path(__file__).resolve().parent / "static"
+#: Loss points kept for the curve (a learner will not click more steps than this).
+HISTORY_LIMIT = 500
 
 
-def css_name(block: str) -> str:
-    """A CSS-class-safe form of a block name (``freeze-toggle-<this>``)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", block)
+def report_json(report: StepReport) -> dict:
+    """A step report as the browser draws it (camelCase keys, blocks in forward order)."""
+    return {
+        "step": report.step, "loss": report.loss, "stepMs": report.step_ms, "measureMs": report.measure_ms,
+        "flow": list(report.flow), "stopAt": report.stop_at, "passThrough": list(report.cost.pass_through),
+        "backwardFlops": report.backward_flops, "saved": report.saved_activation_bytes,
+        "frozen": list(report.frozen), "movedWhileFrozen": report.moved_while_frozen,
+        "driftedWhileFrozen": report.drifted_while_frozen,
+        "blocks": [{"name": b.name, "state": b.state, "frozen": b.frozen, "gradNorm": b.grad_norm,
+                    "weightDelta": b.weight_delta, "bnDrift": b.bn_drift, "passThrough": b.pass_through,
+                    "distance": b.distance, "relativeGrad": b.relative_grad,
+                    "trainableParams": b.trainable_params, "movedWhileFrozen": b.moved_while_frozen,
+                    "driftWhileFrozen": b.frozen and not b.trainable_params and b.bn_drift > 0}
+                   for b in report.blocks.values()],
+    }
 
 
-def _shows_errors(handler):
-    """Widget callbacks swallow exceptions; show them in the summary instead, then re-raise."""
+def block_rows(sim: FreezeSim) -> list[dict]:
+    """What the browser needs to know of each block to redraw any configuration on its own."""
+    head = sim.head_block
+    rows = []
+    for name in sim.block_names:
+        params = sim.block_parameters(name)
+        norm = sim.norm_parameter_names(name)
+        rows.append({"name": name, "params": sum(p.numel() for p in params.values()),
+                     "bytes": sum(p.numel() * p.element_size() for p in params.values()),
+                     "normParams": sum(params[p].numel() for p in norm),
+                     "normBytes": sum(params[p].numel() * params[p].element_size() for p in norm),
+                     "hasBatchNorm": sim.has_batchnorm(name), "head": name == head})
+    return rows
+
+
+def _reports_errors(handler):
+    """Show an exception in the widget (the ``error`` trait), then re-raise it for the kernel log."""
 
     @functools.wraps(handler)
     def wrapper(self, *args, **kwargs):
         try:
-            return handler(self, *args, **kwargs)
+            result = handler(self, *args, **kwargs)
+            self.error = ""
+            return result
         except Exception as error:
-            self.summary.value = (f"<div class='freeze-error' style='color:{figure.GRADIENT}'>"
-                                  f"<b>{type(error).__name__}</b>: {html.escape(str(error))}</div>")
+            self.error = f"{type(error).__name__}: {error}"
             raise
 
     return wrapper
 
 
-class FreezeView(widgets.VBox):
-    """Toggle blocks of ``sim`` between Frozen and Trainable, step, and see what happened.
+class FreezeView(anywidget.AnyWidget):
+    """Toggle blocks of ``sim`` between frozen and trainable, train, compare, share.
 
-    Widgets are attributes so code and tests can drive them: ``toggles`` (block -> ToggleButton,
-    ``value=True`` means frozen), ``step_button``, ``reset_button``, ``bn_switch``,
-    ``stale_switch``, ``diagram`` (HTML), ``summary`` (HTML) and ``image`` (the figure).
+    ``arch`` names the torchvision architecture for the picker and the scenario string
+    (found from the model when left out); ``weights_note`` says in words what weights the
+    model has. ``url_state=True`` keeps the scenario in the page address when the page is a
+    Voila dashboard (see :meth:`from_scenario`).
     """
 
-    def __init__(self, sim: FreezeSim, figure_width: float = 10.5):
+    _esm = STATIC / "freeze_view.js"
+    _css = STATIC / "freeze_view.css"
+
+    arch = traitlets.Unicode("").tag(sync=True)
+    arch_options = traitlets.List(traitlets.Dict()).tag(sync=True)
+    weights_note = traitlets.Unicode("").tag(sync=True)
+    blocks = traitlets.List(traitlets.Dict()).tag(sync=True)
+    table = traitlets.Dict().tag(sync=True)
+    frozen = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    switches = traitlets.Dict().tag(sync=True)
+    optimizer = traitlets.Dict().tag(sync=True)
+    seed = traitlets.Int(0).tag(sync=True)
+    report = traitlets.Dict().tag(sync=True)
+    history = traitlets.List(traitlets.Dict()).tag(sync=True)
+    ranking = traitlets.Dict().tag(sync=True)
+    pinned = traitlets.Dict().tag(sync=True)
+    comparison = traitlets.Dict().tag(sync=True)
+    scenario = traitlets.Unicode("").tag(sync=True)
+    busy = traitlets.Unicode("").tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+    url_state = traitlets.Bool(False).tag(sync=True)
+    palette = traitlets.Dict(PALETTE).tag(sync=True)
+
+    def __init__(self, sim: FreezeSim, *, arch: str | None = None, weights_note: str | None = None,
+                 url_state: bool = False, **kwargs):
         if not isinstance(sim, FreezeSim):
             raise TypeError(f"FreezeView needs a FreezeSim, got {type(sim).__name__}; "
                             "try FreezeView(FreezeSim(model))")
-        self.sim = sim
-        self.figure_width = figure_width
+        super().__init__(url_state=url_state, arch_options=architectures.choices(), **kwargs)
         self._syncing = False
-        self.toggles: dict[str, widgets.ToggleButton] = {}
-        for name in sim.block_names:
-            toggle = widgets.ToggleButton(value=name in sim.frozen, layout=widgets.Layout(width="auto"))
-            toggle.add_class("freeze-toggle")
-            toggle.add_class(f"freeze-toggle-{css_name(name)}")
-            toggle.observe(functools.partial(self._on_toggle, name), names="value")
-            self.toggles[name] = toggle
-            self._style_toggle(name)
-        self.step_button = widgets.Button(description="Train step", icon="play", button_style="warning",
-                                          tooltip="One real forward, backward and optimizer step")
-        self.reset_button = widgets.Button(description="Reset", icon="undo",
-                                           tooltip="Weights, optimizer and step count back to the start")
-        self.bn_switch = widgets.Checkbox(
-            value=sim.bn_train_when_frozen, indent=False, layout=widgets.Layout(width="auto"),
-            description="Keep frozen BatchNorm in train mode (its running statistics drift)")
-        self.stale_switch = widgets.Checkbox(
-            value=sim.stale_gradients, indent=False, layout=widgets.Layout(width="auto"),
-            description="Stale gradients: optimizer built before freezing, "
-                        "zero_grad(set_to_none=False), momentum")
-        self.diagram = widgets.HTML(layout=widgets.Layout(width="100%", overflow="auto"))
-        self.summary = widgets.HTML()
-        self.image = widgets.Image(format="png", layout=widgets.Layout(
-            width="100%", max_width=f"{round(figure_width * figure.DPI)}px", height="auto"))
-        for widget, css in ((self.step_button, "freeze-step"), (self.reset_button, "freeze-reset"),
-                            (self.bn_switch, "freeze-bn-switch"), (self.stale_switch, "freeze-stale-switch"),
-                            (self.diagram, "freeze-diagram"), (self.summary, "freeze-summary"),
-                            (self.image, "freeze-figure")):
-            widget.add_class(css)
-        self.step_button.on_click(self._on_step)
-        self.reset_button.on_click(self._on_reset)
-        self.bn_switch.observe(self._on_switch, names="value")
-        self.stale_switch.observe(self._on_switch, names="value")
+        self._use(sim, arch or architectures.architecture_name(sim.model) or type(sim.model).__name__,
+                  weights_note or "the weights of the model passed to FreezeSim (it works on a copy)")
+        self.on_msg(self._on_message)
 
-        toggle_row = widgets.HBox(list(self.toggles.values()), layout=widgets.Layout(flex_flow="row wrap"))
-        buttons = widgets.HBox([self.step_button, self.reset_button],
-                               layout=widgets.Layout(margin="0 24px 0 0"))
-        switches = widgets.VBox([self.bn_switch, self.stale_switch])
-        controls = widgets.HBox([buttons, switches], layout=widgets.Layout(align_items="center"))
-        style = widgets.HTML(STYLE, layout=widgets.Layout(height="0px", margin="0"))
-        super().__init__([style, toggle_row, controls, self.diagram, self.summary, self.image])
-        self.add_class(CSS_CLASS)
-        self.refresh()
+    @classmethod
+    def from_scenario(cls, text: str | None = None, **kwargs) -> FreezeView:
+        """A simulator set up as the scenario string ``text`` says (see :mod:`.scenario`).
 
-    # ------------------------------------------------------------------ callbacks
+        With ``text=None`` the scenario comes from the page address when Voila serves the
+        notebook (``?arch=...&frozen=...``), else MobileNetV2 with its ImageNet weights,
+        training its head only. The view then keeps the address up to date.
+        """
+        if text is None:
+            text = scenario.from_query(os.environ.get("QUERY_STRING"))
+        arch, state = scenario.decode(text) if text else (None, {})
+        loaded = architectures.load(arch or architectures.DEFAULT_ARCH)
+        sim = FreezeSim(loaded.model, seed=state.get("seed", 0), image_size=loaded.image_size)
+        sim.load_state({"frozen": [b for b in sim.block_names if b != sim.head_block], **state})
+        kwargs.setdefault("url_state", True)
+        return cls(sim, arch=loaded.name, weights_note=loaded.note, **kwargs)
 
-    @_shows_errors
-    def _on_toggle(self, name: str, change: dict) -> None:
-        if self._syncing:
-            return
-        self.sim.set_frozen(name, bool(change["new"]))
-        self._style_toggle(name)
-        self.refresh()
+    # ------------------------------------------------------------------ kernel side of the traits
 
-    @_shows_errors
-    def _on_step(self, _button=None) -> None:
-        self.step_button.disabled = True
-        try:
-            self.sim.step()
-        finally:
-            self.step_button.disabled = False
-        self.refresh()
+    def _use(self, sim: FreezeSim, arch: str, note: str) -> None:
+        """Show ``sim``: every trait from scratch (a new simulator or architecture)."""
+        self.sim = sim
+        with self.hold_sync():
+            self._syncing = True
+            try:
+                self.arch, self.weights_note, self.blocks = arch, note, block_rows(sim)
+                self.table = sim.cost_table().to_json()
+                self._push_configuration()
+                self.report, self.history, self.ranking = {}, [], {}
+                self.pinned, self.comparison = {}, {}
+            finally:
+                self._syncing = False
 
-    @_shows_errors
-    def _on_reset(self, _button=None) -> None:
+    def _push_configuration(self) -> None:
+        state = self.sim.state()
+        self.frozen = state["frozen"]
+        self.switches = {key: state[key] for key in scenario.SWITCHES.values()}
+        self.optimizer = {"name": state["optimizer"], "lr": state["lr"], "momentum": state["momentum"],
+                          "slots": self.sim.optimizer_slots()}
+        self.seed = state["seed"]
+        self.scenario = scenario.encode(self.arch, state)
+
+    @traitlets.observe("frozen")
+    def _frozen_changed(self, change) -> None:
+        if not self._syncing:
+            self._apply_configuration(frozen=change["new"])
+
+    @traitlets.observe("switches")
+    def _switches_changed(self, change) -> None:
+        if not self._syncing:
+            self._apply_configuration(switches=change["new"])
+
+    @_reports_errors
+    def _apply_configuration(self, frozen=None, switches=None) -> None:
+        """A toggle, preset or switch from the browser: apply it to the simulator (weights stay).
+
+        The browser has drawn it already; only a switch that needs a case not measured yet
+        (frozen BatchNorm in train mode, normalisation affine training) sends a new table.
+        """
+        sim = self.sim
+        if frozen is not None:
+            sim._check_blocks(list(frozen))
+            for name in sim.block_names:
+                if (name in frozen) != (name in sim.frozen):
+                    sim.set_frozen(name, name in frozen)
+        if switches is not None:
+            unknown = sorted(set(switches) - set(scenario.SWITCHES.values()))
+            if unknown:
+                raise ValueError(f"Unknown switches {unknown}")
+            sim.bn_train_when_frozen = switches.get("bn_train_when_frozen", sim.bn_train_when_frozen)
+            sim.stale_gradients = switches.get("stale_gradients", sim.stale_gradients)
+            sim.train_norm_affine = switches.get("train_norm_affine", sim.train_norm_affine)
+            if sim.needs_measuring():
+                self.busy = "Measuring the blocks in the new case…"
+            table = sim.cost_table().to_json()
+            self.busy = ""
+            if table != self.table:
+                self.table = table
+        self.scenario = scenario.encode(self.arch, sim.state())
+
+    # ------------------------------------------------------------------ messages from the browser
+
+    def _on_message(self, _widget, content, _buffers) -> None:
+        if isinstance(content, dict) and "action" in content:
+            try:
+                self.handle(content)
+            finally:
+                self.send({"kind": "done", "action": content.get("action")})
+
+    @_reports_errors
+    def handle(self, message: dict) -> None:
+        """Do what a button asked: ``{"action": "step" | "train" | "reset" | "rank" | "pin" |
+        "compare" | "arch" | "scenario" | "settings", ...}``."""
+        action = message.get("action")
+        handlers = {"step": self._step, "train": self._train, "reset": self._reset, "rank": self._rank,
+                    "pin": self._pin, "compare": self._compare, "arch": self._arch,
+                    "scenario": self._scenario, "settings": self._settings}
+        if action not in handlers:
+            raise ValueError(f"Unknown action {action!r}; one of {', '.join(handlers)}")
+        handlers[action](message)
+
+    def _record(self, report: StepReport) -> None:
+        point = {"step": report.step, "loss": report.loss,
+                 "distances": [b.distance for b in report.blocks.values()]}
+        with self.hold_sync():
+            self.history = (self.history + [point])[-HISTORY_LIMIT:]
+            self.report = report_json(report)
+
+    def _step(self, _message) -> None:
+        self._record(self.sim.step())
+
+    def _train(self, message) -> None:
+        steps = message.get("steps", 10)
+        self.sim.train(steps, on_step=self._record)
+
+    def _reset(self, _message) -> None:
         self.sim.reset()
-        self.refresh()
+        with self.hold_sync():
+            self.report, self.history, self.ranking, self.comparison = {}, [], {}, {}
 
-    @_shows_errors
-    def _on_switch(self, _change=None) -> None:
-        if self._syncing:
-            return
-        self.sim.bn_train_when_frozen = self.bn_switch.value
-        self.sim.stale_gradients = self.stale_switch.value
-        self.refresh()
+    def _rank(self, _message) -> None:
+        self.ranking = {"step": self.sim.step_count, "values": self.sim.relative_gradients()}
 
-    # ------------------------------------------------------------------ drawing
+    def _summary(self, state: dict, label: str) -> dict:
+        """Costs of a scenario state, summed from the table (the same numbers the browser shows)."""
+        states = self.sim.states_for(state["frozen"], state["bn_train_when_frozen"], state["train_norm_affine"])
+        cost = self.sim.cost(states)
+        return {"label": label, "state": state, "scenario": scenario.encode(self.arch, state),
+                "backwardFlops": cost.backward_flops, "memory": sum(self.sim.training_memory(states).values()),
+                "trainable": self.sim.trainable_params(states), "flow": cost.flow_sentence()}
 
-    def refresh(self) -> None:
-        """Bring every widget in line with the simulator (also after changing ``sim`` directly)."""
-        self._syncing = True
+    def _label(self, state: dict) -> str:
+        names = self.sim.block_names
+        trainable = [n for n in names if n not in state["frozen"]]
+        text = "trains " + (", ".join(trainable) if trainable else "nothing")
+        if state["train_norm_affine"]:
+            text += " + norm scale/shift everywhere"
+        return text
+
+    def _pin(self, _message) -> None:
+        state = self.sim.state()
+        self.pinned = self._summary(state, self._label(state))
+        self.comparison = {}
+
+    def _compare(self, message) -> None:
+        if not self.pinned:
+            raise ValueError("Pin a configuration as A first, then change it and run A vs B")
+        steps = int(message.get("steps", 10))
+        current = self.sim.state()
+        runs = {}
+        for key, state in (("a", self.pinned["state"]), ("b", current)):
+            trial_state = {k: v for k, v in state.items() if k != "seed"}
+            reports = self.sim.trial(trial_state, steps)
+            summary = self._summary(state, self._label(state))
+            summary.update(losses=[r.loss for r in reports], finalLoss=reports[-1].loss)
+            runs[key] = summary
+        self.comparison = {"steps": steps, **runs}
+
+    def _arch(self, message) -> None:
+        name = message.get("name")
+        self.busy = f"Loading {name}…"
         try:
-            for name, toggle in self.toggles.items():
-                toggle.value = name in self.sim.frozen
-                self._style_toggle(name)
-            self.bn_switch.value = self.sim.bn_train_when_frozen
-            self.stale_switch.value = self.sim.stale_gradients
+            loaded = architectures.load(name)
+            old = self.sim.state()
+            sim = FreezeSim(loaded.model, seed=old["seed"], image_size=loaded.image_size)
+            sim.load_state({"frozen": [b for b in sim.block_names if b != sim.head_block],
+                            **{k: v for k, v in old.items() if k not in ("frozen", "seed")}})
+            self._use(sim, loaded.name, loaded.note)
         finally:
-            self._syncing = False
-        cost, baseline = self.sim.cost(), self.sim.baseline()
-        report = self.sim.history[-1] if self.sim.history else None
-        fig = figure.panels_figure(self.sim.block_names, self.sim.frozen, report, cost, baseline,
-                                   self.sim.trainable_params(), self.sim.total_params(), self.figure_width)
-        png = figure.to_png(fig)
-        # Everything is computed first, then swapped in together; the summary (with the step
-        # number) goes last, so when it shows the new step the figure already does too.
-        self.diagram.value = diagram_html(self.sim.block_names, self.sim.frozen, cost)
-        self.image.value = png
-        self.summary.value = summary_html(self.sim, report, cost, baseline)
+            self.busy = ""
 
-    def _style_toggle(self, name: str) -> None:
-        toggle = self.toggles[name]
-        frozen = toggle.value
-        toggle.description = f"{name}: {'Frozen' if frozen else 'Trainable'}"
-        toggle.icon = "lock" if frozen else "unlock"
-        toggle.button_style = "info" if frozen else "success"
-        toggle.tooltip = (f"{name} is frozen: no gradient for its weights. Click to train it." if frozen
-                          else f"{name} is trainable: its weights get gradients. Click to freeze it.")
+    def _scenario(self, message) -> None:
+        arch, state = scenario.decode(message.get("text", ""))
+        if arch and arch != self.arch:
+            self._arch({"name": arch})
+        self.sim.load_state(state)
+        with self.hold_sync():
+            self._syncing = True
+            try:
+                self.table = self.sim.cost_table().to_json()
+                self._push_configuration()
+                self.report, self.history, self.ranking, self.comparison = {}, [], {}, {}
+            finally:
+                self._syncing = False
 
+    def _settings(self, message) -> None:
+        change = {}
+        if "optimizer" in message:
+            change["optimizer"] = message["optimizer"]
+        if "seed" in message:
+            change["seed"] = int(message["seed"])
+        self.sim.load_state(change)
+        with self.hold_sync():
+            self._syncing = True
+            try:
+                self._push_configuration()
+                self.report, self.history, self.ranking, self.comparison = {}, [], {}, {}
+                self.table = self.sim.cost_table().to_json()
+            finally:
+                self._syncing = False
 
-def _box(label: str, background: str, color: str, detail: str = "") -> str:
-    sub = f"<div style='font-size:10px;font-weight:normal;opacity:.9'>{detail}</div>" if detail else ""
-    return (f"<div style='background:{background};color:{color};border-radius:6px;padding:4px 8px;"
-            "font-weight:600;font-size:12px;text-align:center;white-space:nowrap'>"
-            f"{html.escape(label)}{sub}</div>")
+    # ------------------------------------------------------------------ readers without a kernel
 
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget, plus a PNG of the same state for readers without widgets (GitHub)."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is None:
+            return None
+        data, metadata = bundle
+        from tlhelpers.simulator.figure import snapshot_png
 
-def diagram_html(names: list[str], frozen: set[str], cost: Cost) -> str:
-    """input -> blocks -> loss as an HTML table; the backward path is a red line beneath.
-
-    The red line starts at the loss and runs back to the earliest block that needs a gradient;
-    frozen blocks on it are marked "pass-through", and the block where backward stops is marked.
-    """
-    items = ["input", *names, "loss"]
-    reached = set(cost.flow)
-    earliest = min((items.index(n) for n in reached), default=None)
-    red = figure.GRADIENT
-    top, bottom = [], []
-    for index, item in enumerate(items):
-        if index:
-            on_path = earliest is not None and index > earliest
-            top.append("<td style='color:#777;padding:0 2px'>&#8594;</td>")
-            bottom.append(f"<td style='border-top:3px solid {red if on_path else 'transparent'}'></td>")
-        if item in ("input", "loss"):
-            top.append(f"<td>{_box(item, '#eeeeee', '#333')}</td>")
-        else:
-            state = "frozen" if item in frozen else "trainable"
-            colour = figure.FROZEN if item in frozen else figure.TRAINABLE
-            top.append(f"<td>{_box(item, colour, 'white', state)}</td>")
-        on_path = earliest is not None and index >= earliest
-        if item == "loss":
-            note = f"<span style='color:{red}'>backward starts</span>" if reached else ""
-        elif item in cost.pass_through:
-            note = f"<span style='color:{red}'>pass-through</span>"
-        elif item in reached:
-            note = f"<span style='color:{red}'>{'&#9664; ' if index == earliest else ''}gradient</span>"
-        elif item == cost.stop_at:
-            note = "<span style='color:#777'>&#10005; stops here</span>"
-        else:
-            note = ""
-        line = red if on_path else "transparent"
-        bottom.append(f"<td style='border-top:3px solid {line};font-size:10px;text-align:center;"
-                      f"padding-top:2px;white-space:nowrap'>{note}</td>")
-    return ("<div style='overflow-x:auto'><table style='border-collapse:collapse;margin:4px 0'>"
-            f"<tr>{''.join(top)}</tr><tr>{''.join(bottom)}</tr></table>"
-            "<div style='font-size:11px;color:#555'>Forward pass: left to right, input to loss. "
-            f"<span style='color:{red}'>Backward pass (red): from the loss back to the earliest block "
-            "that needs a gradient.</span></div></div>")
-
-
-def summary_html(sim: FreezeSim, report: StepReport | None, cost: Cost, baseline: Cost) -> str:
-    """What happened, in words: step number, loss, the gradient path, states, cost, warnings."""
-    names = sim.block_names
-    frozen = [n for n in names if n in sim.frozen]
-    trainable = [n for n in names if n not in sim.frozen]
-    step = sim.step_count
-    lines = []
-    if report is None:
-        lines.append(f"<b>Step <span class='freeze-step-number'>{step}</span></b>: nothing trained yet. "
-                     "Choose what to freeze, then press <b>Train step</b>.")
-    else:
-        timing = f"step took {report.step_ms:.0f} ms"
-        if report.measure_ms:
-            timing += f" (+{report.measure_ms:.0f} ms measuring compute and memory for this configuration)"
-        lines.append(f"<b>Step <span class='freeze-step-number'>{step}</span></b>: "
-                     f"loss {report.loss:.3f}, {timing}.")
-    sentence = html.escape(cost.flow_sentence("→"))
-    lines.append(f"<span class='freeze-flow' style='color:{figure.GRADIENT}'>"
-                 f"{sentence[0].upper()}{sentence[1:]}.</span>")
-    lines.append(f"<span style='color:{figure.FROZEN}'><b>Frozen:</b> "
-                 f"<span class='freeze-frozen-list'>{', '.join(frozen) or 'none'}</span></span> &nbsp; "
-                 f"<span style='color:{figure.TRAINABLE}'><b>Trainable:</b> "
-                 f"<span class='freeze-trainable-list'>{', '.join(trainable) or 'none'}</span></span>")
-    trainable_now, total = sim.trainable_params(), sim.total_params()
-    lines.append(f"Trainable parameters {figure.human(trainable_now)} of {figure.human(total)} "
-                 f"({figure.share_text(trainable_now, total)}); backward compute "
-                 f"{figure.share_text(cost.backward_flops, baseline.backward_flops)} and saved activations "
-                 f"{figure.share_text(cost.saved_activation_bytes, baseline.saved_activation_bytes)} "
-                 "of training everything.")
-    lines.extend(_warnings(sim, report))
-    return "<div style='font-size:13px;line-height:1.5'>" + "<br>".join(lines) + "</div>"
-
-
-def _warnings(sim: FreezeSim, report: StepReport | None) -> list[str]:
-    notes = []
-    if report is not None and report.moved_while_frozen:
-        notes.append(f"<b style='color:{figure.GRADIENT}'>&#9888; Frozen but moved: "
-                     f"{', '.join(report.moved_while_frozen)}.</b> "
-                     "The optimizer still holds them, zero_grad(set_to_none=False) left a zero gradient, "
-                     "and momentum kept pushing. Build the optimizer from the trainable parameters only.")
-    elif sim.stale_gradients:
-        notes.append("Stale gradients are on: a block moves while frozen only if it trained before. "
-                     "Train a step, freeze a block, and step again.")
-    if report is not None and report.drifted_while_frozen:
-        notes.append(f"<b style='color:{figure.DRIFT}'>&#9888; BatchNorm statistics drifted in frozen "
-                     f"blocks: {', '.join(report.drifted_while_frozen)}.</b> In train mode BatchNorm "
-                     "updates its running "
-                     "mean and variance even with requires_grad=False; put frozen BatchNorm in eval mode.")
-    elif sim.bn_train_when_frozen and not sim.frozen:
-        notes.append("Frozen BatchNorm stays in train mode: freeze a block and step to see its "
-                     "statistics drift.")
-    return notes
+        data["image/png"] = base64.b64encode(snapshot_png(self.sim, arch=self.arch, note=self.weights_note)).decode()
+        return data, metadata

@@ -1,0 +1,752 @@
+// The freeze-toggle simulator's face: an anywidget ES module (no dependencies, no network).
+//
+// The kernel (tlhelpers.simulator.view.FreezeView over FreezeSim) sends the blocks, a table of
+// per-block measurements and, after each real training step, a report. Everything a toggle
+// changes is computed here, from that table, with the same two rules as the Python side
+// (tlhelpers/simulator/costs.py: backward_path and CostTable.cost): so a toggle redraws at once
+// and only tells the kernel afterwards. Steps, training, A/B runs, the gradient ranking and
+// architecture changes run in the kernel.
+//
+// The pure functions are exported so tests can run them in node against the Python side.
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+export const TRAINING_STATES = ["t", "a"];
+export const STATE_WORDS = { t: "trainable", f: "frozen", d: "frozen, BN drifts", a: "frozen, norm trains" };
+
+// --------------------------------------------------------------------------- pure rules
+
+/** Each block's state: "t" trainable, "f" frozen, "d" frozen with BatchNorm in train mode,
+ *  "a" frozen but its normalisation scale and shift train (FreezeSim.block_state). */
+export function blockStates(blocks, frozen, switches) {
+  const isFrozen = new Set(frozen);
+  const states = {};
+  for (const b of blocks) {
+    if (!isFrozen.has(b.name)) states[b.name] = "t";
+    else if (switches.train_norm_affine && b.normParams > 0) states[b.name] = "a";
+    else if (switches.bn_train_when_frozen && b.hasBatchNorm) states[b.name] = "d";
+    else states[b.name] = "f";
+  }
+  return states;
+}
+
+/** {flow, stopAt, passThrough}: costs.backward_path. flow runs from the loss to the input. */
+export function backwardPath(order, parameterBlocks, states) {
+  const params = new Set(parameterBlocks);
+  const onPath = [];
+  let seenTraining = false;
+  for (const name of order) {
+    const training = TRAINING_STATES.includes(states[name]);
+    if (training || (seenTraining && !params.has(name))) onPath.push(name);
+    seenTraining = seenTraining || training;
+  }
+  const earliest = onPath.length ? order.indexOf(onPath[0]) : -1;
+  return {
+    flow: onPath.slice().reverse(),
+    stopAt: earliest > 0 ? order[earliest - 1] : null,
+    passThrough: onPath.filter((n) => !TRAINING_STATES.includes(states[n])),
+  };
+}
+
+/** The case key of every segment: CostTable.keys. */
+export function caseKeys(table, states) {
+  const keys = [];
+  let seenTraining = false;
+  for (const segment of table.segments) {
+    const segmentStates = segment.blocks.map((b) => states[b]);
+    keys.push((seenTraining ? "1" : "0") + segmentStates.join(""));
+    seenTraining = seenTraining || segmentStates.some((s) => TRAINING_STATES.includes(s));
+  }
+  return keys;
+}
+
+function isIdle(key) {
+  return key[0] === "0" && ![...key.slice(1)].some((s) => TRAINING_STATES.includes(s));
+}
+
+/** Backward FLOPs and saved activation bytes of a configuration: CostTable.cost.
+ *  `missing` is true when a case has not been measured yet (the kernel is measuring it). */
+export function configurationCost(table, states) {
+  let backwardFlops = 0;
+  let saved = 0;
+  let previous = null;
+  let missing = false;
+  const perSegment = [];
+  caseKeys(table, states).forEach((key, index) => {
+    const segment = table.segments[index];
+    let entry = null;
+    if (!isIdle(key)) {
+      entry = segment.cases[key] || null;
+      if (!entry) missing = true;
+    }
+    let bytes = entry ? entry[1] : 0;
+    (segment.inputBytes || []).forEach((size, j) => {
+      if ((entry && entry[2][j]) || (previous && previous[3][j])) bytes += size;
+    });
+    const flops = entry ? entry[0] : 0;
+    backwardFlops += flops;
+    saved += bytes;
+    perSegment.push({ block: segment.blocks[0] || null, flops, bytes });
+    previous = entry;
+  });
+  return { backwardFlops, saved, perSegment, missing };
+}
+
+/** Trainable parameters and the memory training needs beyond the model: saved activations,
+ *  gradients (one per trainable parameter) and optimizer state (`slots` per trainable one). */
+export function trainingMemory(blocks, states, saved, slots) {
+  let trainable = 0;
+  let gradientBytes = 0;
+  for (const b of blocks) {
+    if (states[b.name] === "t") { trainable += b.params; gradientBytes += b.bytes; }
+    else if (states[b.name] === "a") { trainable += b.normParams; gradientBytes += b.normBytes; }
+  }
+  const optimizer = slots * gradientBytes;
+  return { trainable, activations: saved, gradients: gradientBytes, optimizer,
+           total: saved + gradientBytes + optimizer };
+}
+
+/** describe_flow (report.py), word for word. */
+export function flowSentence(flow, stopAt, arrow = "->") {
+  if (!flow.length) return "no block is trainable, so no gradient is computed: backward has nothing to do";
+  const path = flow.join(` ${arrow} `);
+  if (stopAt === null || stopAt === undefined) return `gradients flow through ${path}, all the way to the input`;
+  return `gradients flow through ${path} and stop at ${stopAt}`;
+}
+
+export function capitalise(text) {
+  return text ? text[0].toUpperCase() + text.slice(1) : text;
+}
+
+/** figure.human: 1234567 -> "1.23 M". */
+export function human(value, unit = "") {
+  for (const [factor, prefix] of [[1e9, "G"], [1e6, "M"], [1e3, "k"]]) {
+    if (Math.abs(value) >= factor) {
+      const scaled = value / factor;
+      const text = scaled < 100 ? String(Number(scaled.toPrecision(3))) : String(Math.round(scaled));
+      return `${text} ${prefix}${unit}`;
+    }
+  }
+  return `${Math.round(value)} ${unit}`.trim();
+}
+
+/** figure.share_text: never "100%" unless all, never "0%" unless none. */
+export function shareText(value, reference) {
+  if (!reference) return "n/a";
+  const share = value / reference;
+  if (share >= 0.995 && share < 1) return ">99%";
+  if (share > 0 && share < 0.005) return "<1%";
+  return `${Math.round(share * 100)}%`;
+}
+
+function encodeName(name) {
+  return name.replace(/[^A-Za-z0-9_.\-~]/g, (c) =>
+    Array.from(new TextEncoder().encode(c), (b) => "%" + b.toString(16).toUpperCase().padStart(2, "0")).join(""));
+}
+
+export const SWITCH_NAMES = { bn_train: "bn_train_when_frozen", stale: "stale_gradients", norm_affine: "train_norm_affine" };
+
+/** The scenario string (scenario.encode) with this frozen set and these switches. */
+export function scenarioWith(base, order, frozen, switches) {
+  const isFrozen = new Set(frozen);
+  const on = Object.entries(SWITCH_NAMES).filter(([, key]) => switches[key]).map(([short]) => short);
+  const fields = base.split("&").map((field) => {
+    if (field.startsWith("frozen=")) return "frozen=" + order.filter((b) => isFrozen.has(b)).map(encodeName).join(",");
+    if (field.startsWith("switches=")) return "switches=" + on.join(",");
+    return field;
+  });
+  return fields.join("&");
+}
+
+/** The presets: which blocks stay frozen and which switches change. */
+export function preset(kind, order, head, k = 3, headParams = true) {
+  const allBut = (keep) => order.filter((b) => !keep.includes(b));
+  const beforeHead = order.filter((b) => b !== head);
+  switch (kind) {
+    case "probe": return { frozen: allBut([head]), switches: { train_norm_affine: false } };
+    case "last": return { frozen: allBut([head, beforeHead[beforeHead.length - 1]]), switches: { train_norm_affine: false } };
+    case "lastk": return { frozen: order.slice(0, Math.max(0, order.length - k)), switches: { train_norm_affine: false } };
+    case "affine": return { frozen: allBut([head]), switches: { train_norm_affine: true } };
+    case "first": return { frozen: order.slice(1), switches: { train_norm_affine: false } };
+    case "all": return { frozen: [], switches: { train_norm_affine: false } };
+    default: throw new Error(`unknown preset ${kind}`);
+  }
+}
+
+// --------------------------------------------------------------------------- small DOM helpers
+
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (value !== undefined && value !== null && value !== false) node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) if (child !== null && child !== undefined) node.append(child);
+  return node;
+}
+
+function s(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value !== undefined && value !== null) node.setAttribute(key, value);
+  }
+  for (const child of children.flat()) if (child !== null && child !== undefined) node.append(child);
+  return node;
+}
+
+const PRESETS = [
+  ["probe", "Linear probe", "Train the head only"],
+  ["last", "Last block + head", "Train the head and the block before it"],
+  ["lastk", "Last k blocks", "Train the last k blocks (head included)"],
+  ["affine", "Norm affine + head", "Parameter-efficient: the head plus every normalisation layer's scale and shift (BatchNorm/LayerNorm/GroupNorm)"],
+  ["first", "First block only", "Surgical fine-tuning of the first block (Lee et al. 2023); the new head stays random here"],
+  ["all", "Everything", "Fine-tune every block"],
+];
+
+const SWITCHES = [
+  ["bn_train_when_frozen", "Frozen BatchNorm left in train mode (its statistics drift)"],
+  ["stale_gradients", "Stale gradients: optimizer built before freezing, zero_grad(set_to_none=False)"],
+  ["train_norm_affine", "Frozen blocks still train their normalisation scale and shift"],
+];
+
+// --------------------------------------------------------------------------- the widget
+
+function render({ model, el }) {
+  const view = {
+    frozen: model.get("frozen") || [],
+    switches: { ...(model.get("switches") || {}) },
+    pending: null,        // {kind, started} while the kernel works on a click
+    lastReportStep: (model.get("report") || {}).step || 0,
+    animation: null,
+  };
+  const root = h("div", { class: "fv", "data-kernel": "idle" });
+  el.append(root);
+
+  const get = (name) => model.get(name);
+  const blocks = () => get("blocks") || [];
+  const order = () => blocks().map((b) => b.name);
+  const headName = () => (blocks().find((b) => b.head) || blocks()[blocks().length - 1] || {}).name;
+
+  // ------------------------------------------------------------------ layout
+  const archSelect = h("select", { class: "fv-arch", "aria-label": "Architecture" });
+  const weightsNote = h("span", { class: "fv-weights" });
+  const busy = h("span", { class: "fv-busy", role: "status", "aria-live": "polite" });
+  const top = h("div", { class: "fv-row fv-top" }, h("label", {}, "Model ", archSelect), weightsNote, busy);
+
+  const kInput = h("input", { type: "number", min: "1", value: "3", class: "fv-k", "aria-label": "k blocks" });
+  const presetRow = h("div", { class: "fv-row fv-presets", role: "group", "aria-label": "Presets" },
+    h("span", { class: "fv-label" }, "Presets"),
+    PRESETS.map(([kind, label, title]) => h("button", {
+      type: "button", class: `fv-button fv-preset fv-preset-${kind}`, title, "data-preset": kind,
+      onclick: () => applyPreset(kind),
+    }, label)),
+    h("label", { class: "fv-klabel" }, "k ", kInput));
+
+  const diagramBox = h("div", { class: "fv-diagram-box" });
+  const flowLine = h("p", { class: "fv-flow" });
+  const costs = h("div", { class: "fv-costs" });
+
+  const stepButton = h("button", { type: "button", class: "fv-button fv-primary fv-step", onclick: () => act("step") }, "Train step");
+  const trainButton = h("button", { type: "button", class: "fv-button fv-train", onclick: () => act("train", { steps: 10 }) }, "Train 10 steps");
+  const resetButton = h("button", { type: "button", class: "fv-button fv-reset", onclick: () => act("reset") }, "Reset");
+  const rankButton = h("button", { type: "button", class: "fv-button fv-rank", title: "One full backward pass with every block trainable, nothing updated", onclick: () => act("rank") }, "Rank blocks by |g|/|w|");
+  const switchBoxes = {};
+  const switchRow = h("div", { class: "fv-switches" }, SWITCHES.map(([key, label]) => {
+    const box = h("input", { type: "checkbox", class: `fv-switch fv-switch-${key}`, onchange: () => setSwitch(key, box.checked) });
+    switchBoxes[key] = box;
+    return h("label", { class: "fv-switch-label" }, box, " ", label);
+  }));
+  const optimizerSelect = h("select", { class: "fv-optimizer", "aria-label": "Optimizer",
+    onchange: () => act("settings", { optimizer: optimizerSelect.value }) },
+    h("option", { value: "sgd" }, "SGD, momentum"), h("option", { value: "adam" }, "Adam"));
+  const seedInput = h("input", { type: "number", class: "fv-seed", "aria-label": "Seed", min: "0",
+    onchange: () => act("settings", { seed: Number(seedInput.value) }) });
+  const controls = h("div", { class: "fv-row fv-controls" }, stepButton, trainButton, resetButton, rankButton,
+    h("label", {}, "Optimizer ", optimizerSelect), h("label", {}, "Seed ", seedInput));
+
+  const summary = h("p", { class: "fv-summary" });
+  const warnings = h("div", { class: "fv-warnings", role: "status" });
+  const table = h("table", { class: "fv-table" });
+  const loss = h("div", { class: "fv-loss" });
+  const ranking = h("p", { class: "fv-ranking" });
+  const panels = h("div", { class: "fv-panels" }, h("div", { class: "fv-table-box" }, table, ranking), loss);
+
+  const abSteps = h("input", { type: "number", min: "1", value: "10", class: "fv-ab-steps", "aria-label": "Steps for A/B" });
+  const pinButton = h("button", { type: "button", class: "fv-button fv-pin", onclick: () => act("pin") }, "Pin as A");
+  const compareButton = h("button", { type: "button", class: "fv-button fv-compare", onclick: () => act("compare", { steps: Number(abSteps.value) || 10 }) }, "Run A vs B");
+  const abBody = h("div", { class: "fv-ab-body" });
+  const ab = h("div", { class: "fv-ab" }, h("div", { class: "fv-row" }, h("span", { class: "fv-label" }, "A/B"),
+    pinButton, compareButton, h("label", {}, "steps ", abSteps)), abBody);
+
+  const scenarioOut = h("input", { class: "fv-scenario", readonly: true, "aria-label": "Scenario string" });
+  const copyButton = h("button", { type: "button", class: "fv-button fv-copy", onclick: copyScenario }, "Copy");
+  const pasteIn = h("input", { class: "fv-paste", placeholder: "paste a scenario or link", "aria-label": "Paste a scenario",
+    onkeydown: (e) => { if (e.key === "Enter") openScenario(); } });
+  const openButton = h("button", { type: "button", class: "fv-button fv-open", onclick: openScenario }, "Open");
+  const share = h("div", { class: "fv-row fv-share" }, h("span", { class: "fv-label" }, "Scenario"), scenarioOut, copyButton, pasteIn, openButton);
+  const error = h("div", { class: "fv-error", role: "alert" });
+
+  root.append(top, presetRow, diagramBox, flowLine, costs, controls, switchRow, summary, warnings, panels, ab, share, error);
+
+  // ------------------------------------------------------------------ actions
+  function act(action, extra = {}) {
+    if (view.pending) return;
+    view.pending = { kind: action, started: performance.now() };
+    root.dataset.kernel = "busy";
+    busy.textContent = { step: "Training one step…", train: "Training…", rank: "Computing every block's gradient…",
+      compare: "Running A and B…", arch: "Loading the model…", scenario: "Opening the scenario…", reset: "Resetting…",
+      pin: "Pinning…", settings: "Applying…" }[action] || "Working…";
+    setButtons();
+    if (action === "step") startDots();
+    model.send({ action, ...extra });
+  }
+
+  function setButtons() {
+    const waiting = Boolean(view.pending);
+    for (const b of root.querySelectorAll("button, select, .fv-switch")) b.disabled = waiting;
+  }
+
+  function states() {
+    return blockStates(blocks(), view.frozen, view.switches);
+  }
+
+  function commitConfiguration() {
+    model.set("frozen", [...view.frozen]);
+    model.set("switches", { ...view.switches });
+    model.save_changes();
+  }
+
+  function toggle(name) {
+    if (view.pending) return;
+    const started = performance.now();
+    const isFrozen = view.frozen.includes(name);
+    view.frozen = isFrozen ? view.frozen.filter((b) => b !== name) : [...view.frozen, name];
+    drawConfiguration();
+    markDrawn("toggle", started);
+    commitConfiguration();
+    root.querySelector(`[data-block="${CSS.escape(name)}"]`)?.focus();
+  }
+
+  function applyPreset(kind) {
+    if (view.pending) return;
+    const started = performance.now();
+    const k = Math.max(1, Number(kInput.value) || 1);
+    const chosen = preset(kind, order(), headName(), k);
+    view.frozen = chosen.frozen;
+    Object.assign(view.switches, chosen.switches);
+    drawConfiguration();
+    markDrawn("preset", started);
+    commitConfiguration();
+  }
+
+  function setSwitch(key, value) {
+    if (view.pending) return;
+    const started = performance.now();
+    view.switches[key] = value;
+    drawConfiguration();
+    markDrawn("switch", started);
+    commitConfiguration();
+  }
+
+  function markDrawn(kind, started) {
+    requestAnimationFrame(() => {
+      const ms = performance.now() - started;
+      root.dataset[`${kind}Ms`] = ms.toFixed(1);
+      root.dispatchEvent(new CustomEvent("freeze-view:drawn", { bubbles: true, detail: { kind, ms } }));
+    });
+  }
+
+  async function copyScenario() {
+    scenarioOut.select();
+    try { await navigator.clipboard.writeText(scenarioOut.value); busy.textContent = "Scenario copied"; }
+    catch { document.execCommand && document.execCommand("copy"); busy.textContent = "Scenario selected: copy it"; }
+  }
+
+  function openScenario() {
+    const text = pasteIn.value.trim();
+    if (text) act("scenario", { text });
+  }
+
+  // ------------------------------------------------------------------ drawing: configuration
+  function drawConfiguration() {
+    const st = states();
+    const table_ = get("table") || { segments: [] };
+    const path = backwardPath(order(), table_.parameterBlocks || [], st);
+    drawDiagram(st, path);
+    const sentence = flowSentence(path.flow, path.stopAt);
+    flowLine.textContent = capitalise(sentence);
+    flowLine.dataset.sentence = sentence;
+    drawCosts(st, table_);
+    for (const [key, box] of Object.entries(switchBoxes)) box.checked = Boolean(view.switches[key]);
+    const scenario = scenarioWith(get("scenario") || "", order(), view.frozen, view.switches);
+    scenarioOut.value = scenario;
+    if (get("url_state") && document.body && document.body.dataset.voila !== undefined && scenario) {
+      history.replaceState(null, "", `${location.pathname}?${scenario}`);
+    }
+  }
+
+  function drawDiagram(st, path) {
+    const names = order();
+    const items = ["input", ...names, "loss"];
+    const widths = items.map((n) => Math.max(64, 12 + 7.2 * Math.max(n.length, n === "input" || n === "loss" ? 0 : 9)));
+    const gap = 22;
+    const xs = [];
+    let x = 6;
+    for (const w of widths) { xs.push(x); x += w + gap; }
+    const width = x - gap + 6;
+    const top = 24, height = 46, lineY = 92;
+    const svg = s("svg", { class: "fv-diagram", width, height: 128, viewBox: `0 0 ${width} 128`, role: "group",
+      "aria-label": "Blocks from input to loss; press Space on a block to freeze or train it" });
+    svg.append(s("defs", {},
+      s("pattern", { id: "fv-hatch", patternUnits: "userSpaceOnUse", width: 7, height: 7, patternTransform: "rotate(45)" },
+        s("rect", { width: 7, height: 7, class: "fv-hatch-bg" }), s("line", { x1: 0, y1: 0, x2: 0, y2: 7, class: "fv-hatch-line" })),
+      s("marker", { id: "fv-arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" },
+        s("path", { d: "M0,0 L10,5 L0,10 z", class: "fv-arrowhead" })),
+      s("marker", { id: "fv-arrow-red", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 5, markerHeight: 5, orient: "auto-start-reverse" },
+        s("path", { d: "M0,0 L10,5 L0,10 z", class: "fv-gradient-fill" }))));
+    svg.append(s("text", { x: 6, y: 13, class: "fv-caption" }, "forward: input → loss"));
+    const onPath = new Set(path.flow);
+    const passThrough = new Set(path.passThrough);
+    items.forEach((item, i) => {
+      const cx = xs[i] + widths[i] / 2;
+      if (i) svg.append(s("line", { x1: xs[i] - gap + 2, y1: top + height / 2, x2: xs[i] - 3, y2: top + height / 2,
+        class: "fv-forward", "marker-end": "url(#fv-arrow)" }));
+      if (item === "input" || item === "loss") {
+        svg.append(s("g", { class: "fv-endpoint" }, s("rect", { x: xs[i], y: top, width: widths[i], height, rx: 8 }),
+          s("text", { x: cx, y: top + height / 2 + 4, "text-anchor": "middle" }, item)));
+        return;
+      }
+      const state = st[item];
+      const trainable = state === "t";
+      const g = s("g", { class: `fv-block fv-state-${state}${onPath.has(item) ? " fv-on-path" : ""}`, "data-block": item,
+        "data-state": state, tabindex: 0, role: "switch", "aria-checked": String(trainable),
+        "aria-label": `${item}: ${STATE_WORDS[state]}. Press Space to ${trainable ? "freeze" : "train"} it.` });
+      g.append(s("rect", { x: xs[i], y: top, width: widths[i], height, rx: 8, class: "fv-block-fill" }));
+      if (!trainable) g.append(s("rect", { x: xs[i], y: top, width: widths[i], height, rx: 8, class: "fv-block-hatch" }));
+      if (state === "a") g.append(s("rect", { x: xs[i], y: top + height - 9, width: widths[i], height: 9, rx: 3, class: "fv-block-norm" }));
+      g.append(s("text", { x: cx, y: top + 19, "text-anchor": "middle", class: "fv-block-name" }, item));
+      g.append(s("text", { x: cx, y: top + 34, "text-anchor": "middle", class: "fv-block-state" },
+        (trainable ? "" : "❄ ") + STATE_WORDS[state].replace("frozen, ", "")));
+      g.append(s("title", {}, `${item}: ${STATE_WORDS[state]} (click or Space to toggle)`));
+      g.addEventListener("click", () => toggle(item));
+      g.addEventListener("keydown", (e) => {
+        if (e.key === " " || e.key === "Enter") { e.preventDefault(); toggle(item); }
+        if (e.key === "ArrowRight" || e.key === "ArrowLeft") {
+          const next = names[names.indexOf(item) + (e.key === "ArrowRight" ? 1 : -1)];
+          if (next) svg.querySelector(`[data-block="${CSS.escape(next)}"]`)?.focus();
+        }
+      });
+      svg.append(g);
+      let note = null;
+      if (passThrough.has(item)) note = ["pass-through", "fv-note fv-note-pass"];
+      else if (onPath.has(item)) note = ["∇ weights", "fv-note fv-note-grad"];
+      else if (item === path.stopAt) note = ["✕ stops here", "fv-note fv-note-stop"];
+      if (note) svg.append(s("text", { x: cx, y: lineY + 20, "text-anchor": "middle", class: note[1] }, note[0]));
+    });
+    if (path.flow.length) {
+      const earliest = items.indexOf(path.flow[path.flow.length - 1]);
+      const startX = xs[items.length - 1] + widths[items.length - 1] / 2;
+      const endX = xs[earliest] + 4;
+      svg.append(s("line", { x1: startX, y1: lineY, x2: endX, y2: lineY, class: "fv-gradient-line", "marker-end": "url(#fv-arrow-red)" }));
+      svg.append(s("text", { x: startX, y: lineY - 6, "text-anchor": "end", class: "fv-note fv-note-grad" }, "backward"));
+      view.path = { startX, endX, y: lineY };
+    } else {
+      svg.append(s("text", { x: xs[items.length - 1] + widths[items.length - 1] / 2, y: lineY + 4, "text-anchor": "end",
+        class: "fv-note fv-note-stop" }, "no backward pass: nothing trains"));
+      view.path = null;
+    }
+    svg.append(s("g", { class: "fv-dots" }));
+    const old = diagramBox.querySelector("svg");
+    const scroll = diagramBox.scrollLeft;
+    if (old) old.replaceWith(svg); else diagramBox.append(svg);
+    diagramBox.scrollLeft = scroll;
+  }
+
+  function costRow(label, value, reference, unit, detail, cls) {
+    const share = reference ? Math.min(1, value / reference) : 0;
+    return h("div", { class: `fv-cost ${cls}` },
+      h("span", { class: "fv-cost-label" }, label),
+      h("span", { class: "fv-bar" }, h("span", { class: "fv-bar-fill", style: `width:${(share * 100).toFixed(1)}%` })),
+      h("span", { class: "fv-cost-text" }, `${shareText(value, reference)}: ${human(value, unit)} of ${human(reference, unit)}`,
+        detail ? h("span", { class: "fv-cost-detail" }, ` (${detail})`) : null));
+  }
+
+  function drawCosts(st, table_) {
+    const all = Object.fromEntries(order().map((b) => [b, "t"]));
+    const now = configurationCost(table_, st);
+    const everything = configurationCost(table_, all);
+    const slots = (get("optimizer") || {}).slots ?? 1;
+    const mem = trainingMemory(blocks(), st, now.saved, slots);
+    const memAll = trainingMemory(blocks(), all, everything.saved, slots);
+    const total = blocks().reduce((sum, b) => sum + b.params, 0);
+    costs.replaceChildren(
+      h("div", { class: "fv-cost-title" }, "This configuration vs. training everything",
+        now.missing ? h("span", { class: "fv-measuring" }, " (measuring the new case in the kernel…)") : null),
+      costRow("Trainable parameters", mem.trainable, total, "", null, "fv-cost-params"),
+      costRow("Backward compute", now.backwardFlops, everything.backwardFlops, "FLOP", null, "fv-cost-flops"),
+      costRow("Training memory", mem.total, memAll.total, "B",
+        `activations ${human(mem.activations, "B")} + gradients ${human(mem.gradients, "B")} + optimizer ${human(mem.optimizer, "B")}`,
+        "fv-cost-memory"));
+    costs.dataset.backwardFlops = String(now.backwardFlops);
+    costs.dataset.saved = String(now.saved);
+    costs.dataset.trainable = String(mem.trainable);
+    costs.dataset.memory = String(mem.total);
+  }
+
+  // ------------------------------------------------------------------ drawing: reports
+  function bar(value, top, cls, log = false) {
+    let share = 0;
+    if (value !== null && value !== undefined && top > 0) {
+      share = log ? Math.max(0.04, 1 + Math.log10(Math.max(value, top * 1e-4) / top) / 4) : value / top;
+    }
+    return h("span", { class: "fv-bar fv-mini" }, h("span", { class: `fv-bar-fill ${cls}`, style: `width:${(Math.min(1, share) * 100).toFixed(1)}%` }));
+  }
+
+  function sparkline(values, top, state) {
+    const w = 90, hgt = 20;
+    const svg = s("svg", { class: `fv-spark fv-spark-${state === "t" ? "t" : "f"}`, width: w, height: hgt, viewBox: `0 0 ${w} ${hgt}` });
+    if (values.length > 1 && top > 0) {
+      const pts = values.map((v, i) => `${(i / (values.length - 1)) * (w - 2) + 1},${hgt - 2 - (v / top) * (hgt - 4)}`);
+      svg.append(s("polyline", { points: pts.join(" "), class: "fv-spark-line" }));
+    } else {
+      svg.append(s("line", { x1: 1, y1: hgt - 2, x2: w - 1, y2: hgt - 2, class: "fv-spark-line" }));
+    }
+    return svg;
+  }
+
+  function fmt(value, digits = 3) {
+    if (value === null || value === undefined) return "—";
+    if (value === 0) return "0";
+    return Math.abs(value) < 1e-3 || Math.abs(value) >= 1e4 ? value.toExponential(2) : String(Number(value.toPrecision(digits)));
+  }
+
+  function drawReport() {
+    const report = get("report") || {};
+    const history = get("history") || [];
+    const rank = get("ranking") || {};
+    const st = states();
+    const rows = report.blocks || [];
+    const byName = Object.fromEntries(rows.map((r) => [r.name, r]));
+    const grads = rows.map((r) => r.gradNorm || 0);
+    const deltas = rows.flatMap((r) => [r.weightDelta || 0, r.bnDrift || 0]);
+    const topGrad = Math.max(0, ...grads), topDelta = Math.max(0, ...deltas);
+    const distances = Object.fromEntries(order().map((b, i) => [b, history.map((p) => p.distances[i] || 0)]));
+    const topDistance = Math.max(0, ...Object.values(distances).flat());
+    const ranked = Object.entries(rank.values || {}).sort((a, b) => b[1] - a[1]);
+    const rankOf = Object.fromEntries(ranked.map(([b], i) => [b, i + 1]));
+    const topRank = ranked.length ? ranked[0][1] : 0;
+    table.replaceChildren(
+      h("thead", {}, h("tr", {}, ["block", "state", "‖gradient‖", "‖Δ weights‖ this step", "‖Δ BN mean‖",
+        "moved since start", "|g|/|w| rank"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, order().map((name) => {
+        const r = byName[name];
+        const state = r ? r.state : st[name];
+        const note = r && r.movedWhileFrozen ? h("strong", { class: "fv-alarm" }, " moved while frozen!") : null;
+        const drift = r && r.driftWhileFrozen ? h("strong", { class: "fv-drift-text" }, " drifted while frozen!") : null;
+        return h("tr", { "data-block": name, class: `fv-row-${state}` },
+          h("th", { scope: "row" }, name),
+          h("td", { class: `fv-state-word fv-word-${state}` }, STATE_WORDS[state]),
+          h("td", {}, bar(r ? r.gradNorm : null, topGrad, "fv-fill-grad", true),
+            h("span", { class: "fv-num" }, r ? (r.gradNorm === null ? (r.passThrough ? "none · pass-through" : "none") : fmt(r.gradNorm)) : "")),
+          h("td", {}, bar(r ? r.weightDelta : 0, topDelta, r && r.movedWhileFrozen ? "fv-fill-alarm" : "fv-fill-train"),
+            h("span", { class: "fv-num" }, r ? fmt(r.weightDelta) : ""), note),
+          h("td", {}, bar(r ? r.bnDrift : 0, topDelta, "fv-fill-drift"), h("span", { class: "fv-num" }, r && r.bnDrift ? fmt(r.bnDrift) : ""), drift),
+          h("td", {}, sparkline(distances[name] || [], topDistance, state), h("span", { class: "fv-num" },
+            history.length ? fmt(distances[name][distances[name].length - 1]) : "")),
+          h("td", {}, rankOf[name] ? [bar(rank.values[name], topRank, "fv-fill-rank"),
+            h("span", { class: "fv-num" }, `#${rankOf[name]} ${fmt(rank.values[name])}`)] : ""));
+      })));
+    if (ranked.length) {
+      const best = ranked[0][0];
+      ranking.textContent = `Before step ${rank.step + 1}, ${best} has the largest relative gradient |g|/|w| = ${fmt(ranked[0][1])}: ` +
+        `unfrozen, it would move most (Auto-RGN, Lee et al. 2023, picks blocks this way). Computing it took one full backward pass.`;
+    } else {
+      ranking.textContent = "";
+    }
+    if (report.step) {
+      summary.replaceChildren(h("b", {}, "Step ", h("span", { class: "fv-step-number" }, String(report.step))),
+        `: loss ${report.loss.toFixed(3)}, the step took ${Math.round(report.stepMs)} ms in the kernel` +
+        (report.measureMs ? ` (+${Math.round(report.measureMs)} ms measuring the blocks once)` : "") + ".");
+    } else {
+      summary.replaceChildren(h("b", {}, "Step ", h("span", { class: "fv-step-number" }, String(report.step || 0))),
+        ": nothing trained yet. Choose what to freeze, then press Train step.");
+    }
+    const notes = [];
+    if ((report.movedWhileFrozen || []).length) notes.push(h("p", { class: "fv-alarm" },
+      `⚠ Frozen but moved: ${report.movedWhileFrozen.join(", ")}. The optimizer still holds them, zero_grad(set_to_none=False) ` +
+      "left a zero gradient, and momentum kept pushing. Build the optimizer from the trainable parameters only."));
+    if ((report.driftedWhileFrozen || []).length) notes.push(h("p", { class: "fv-drift-text" },
+      `⚠ BatchNorm statistics drifted in frozen blocks: ${report.driftedWhileFrozen.join(", ")}. In train mode BatchNorm ` +
+      "updates its running mean and variance even with requires_grad=False; put frozen BatchNorm in eval mode."));
+    if (view.switches.stale_gradients && !(report.movedWhileFrozen || []).length) notes.push(h("p", {},
+      "Stale gradients are on: a block moves while frozen only if it trained before. Train a step, freeze a block, step again."));
+    warnings.replaceChildren(...notes);
+    drawLoss(history);
+  }
+
+  function drawLossChart(series, title) {
+    const w = 300, hgt = 150, pad = 30;
+    const values = series.flatMap((c) => c.points.map((p) => p[1]));
+    const steps = series.flatMap((c) => c.points.map((p) => p[0]));
+    const svg = s("svg", { class: "fv-chart", width: w, height: hgt, viewBox: `0 0 ${w} ${hgt}`, role: "img", "aria-label": title });
+    svg.append(s("text", { x: pad, y: 12, class: "fv-caption" }, title));
+    if (!values.length) {
+      svg.append(s("text", { x: w / 2, y: hgt / 2, "text-anchor": "middle", class: "fv-caption" }, "train to see the loss"));
+      return svg;
+    }
+    const lo = Math.min(...values), hi = Math.max(...values);
+    const span = hi - lo || 1, last = Math.max(...steps), first = Math.min(...steps);
+    const X = (v) => pad + ((v - first) / Math.max(1, last - first)) * (w - pad - 10);
+    const Y = (v) => hgt - 20 - ((v - lo) / span) * (hgt - 45);
+    svg.append(s("line", { x1: pad, y1: hgt - 20, x2: w - 10, y2: hgt - 20, class: "fv-axis" }));
+    svg.append(s("line", { x1: pad, y1: 20, x2: pad, y2: hgt - 20, class: "fv-axis" }));
+    svg.append(s("text", { x: pad - 3, y: Y(hi) + 4, "text-anchor": "end", class: "fv-tick" }, hi.toFixed(2)));
+    svg.append(s("text", { x: pad - 3, y: Y(lo) + 4, "text-anchor": "end", class: "fv-tick" }, lo.toFixed(2)));
+    svg.append(s("text", { x: w - 10, y: hgt - 6, "text-anchor": "end", class: "fv-tick" }, `step ${last}`));
+    for (const c of series) {
+      svg.append(s("polyline", { points: c.points.map(([x, y]) => `${X(x)},${Y(y)}`).join(" "), class: `fv-curve ${c.cls}` }));
+      for (const [x, y] of c.points.slice(-1)) svg.append(s("circle", { cx: X(x), cy: Y(y), r: 3, class: `fv-curve-dot ${c.cls}` }));
+    }
+    return svg;
+  }
+
+  function drawLoss(history) {
+    loss.replaceChildren(drawLossChart([{ points: history.map((p) => [p.step, p.loss]), cls: "fv-curve-b" }], "loss per step"));
+  }
+
+  function drawAB() {
+    const pinned = get("pinned") || {};
+    const cmp = get("comparison") || {};
+    if (!pinned.scenario) {
+      abBody.replaceChildren(h("p", { class: "fv-hint" }, "Pin the current configuration as A, change it (that is B), then run both from the same start on the same batch and seed."));
+      return;
+    }
+    const st = states();
+    const tab = get("table") || { segments: [] };
+    const slots = (get("optimizer") || {}).slots ?? 1;
+    const nowCost = configurationCost(tab, st);
+    const bMem = trainingMemory(blocks(), st, nowCost.saved, slots);
+    const a = cmp.a || pinned;
+    const b = cmp.b && cmp.b.scenario === scenarioOut.value ? cmp.b : { label: "current configuration", backwardFlops: nowCost.backwardFlops, memory: bMem.total, trainable: bMem.trainable };
+    const row = (label, key, fmtValue) => h("tr", {}, h("th", { scope: "row" }, label),
+      h("td", { class: "fv-ab-a" }, a[key] === undefined ? "—" : fmtValue(a[key])), h("td", { class: "fv-ab-b" }, b[key] === undefined ? "—" : fmtValue(b[key])));
+    const steps = cmp.steps;
+    const tableAB = h("table", { class: "fv-ab-table" },
+      h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", { scope: "col" }, "A (pinned)"), h("th", { scope: "col" }, "B (now)"))),
+      h("tbody", {},
+        h("tr", {}, h("th", { scope: "row" }, "configuration"), h("td", {}, a.label || ""), h("td", {}, b.label || "")),
+        row(steps ? `loss after ${steps} steps` : "loss after k steps", "finalLoss", (v) => v.toFixed(3)),
+        row("backward compute", "backwardFlops", (v) => human(v, "FLOP")),
+        row("training memory", "memory", (v) => human(v, "B")),
+        row("trainable parameters", "trainable", (v) => human(v))));
+    const children = [tableAB];
+    if (cmp.a && cmp.b) {
+      children.push(drawLossChart([{ points: cmp.a.losses.map((v, i) => [i + 1, v]), cls: "fv-curve-a" },
+        { points: cmp.b.losses.map((v, i) => [i + 1, v]), cls: "fv-curve-b" }], "loss: A dashed, B solid (same batch, seed)"));
+    }
+    abBody.replaceChildren(h("div", { class: "fv-ab-grid" }, children));
+  }
+
+  // ------------------------------------------------------------------ animation
+  function startDots() {
+    stopDots();
+    const layer = diagramBox.querySelector(".fv-dots");
+    if (!view.path || !layer) return;
+    const { startX, endX, y } = view.path;
+    const dots = [0, 1, 2, 3].map(() => s("circle", { r: 4.5, cy: y, cx: startX, class: "fv-dot" }));
+    layer.replaceChildren(...dots);
+    const duration = 700;
+    const began = performance.now();
+    const frame = (now) => {
+      const t = now - began;
+      dots.forEach((dot, i) => {
+        const local = Math.min(1, Math.max(0, (t - i * 110) / duration));
+        dot.setAttribute("cx", String(startX + (endX - startX) * local));
+        dot.setAttribute("opacity", local >= 1 ? "0.35" : "1");
+      });
+      const finished = t > duration + 3 * 110;
+      if (finished && view.pending && view.pending.kind === "step") {
+        view.animation = requestAnimationFrame((n) => { startDotsFrom(n); });
+      } else if (!finished) {
+        view.animation = requestAnimationFrame(frame);
+      } else {
+        view.animation = null;
+      }
+    };
+    const startDotsFrom = () => startDots();
+    view.animation = requestAnimationFrame(frame);
+  }
+
+  function stopDots() {
+    if (view.animation) cancelAnimationFrame(view.animation);
+    view.animation = null;
+  }
+
+  // ------------------------------------------------------------------ kernel -> browser
+  function drawStatic() {
+    const options = get("arch_options") || [];
+    archSelect.replaceChildren(...options.map((o) => h("option", { value: o.name, selected: o.name === get("arch") }, o.label)));
+    if (!options.some((o) => o.name === get("arch"))) archSelect.prepend(h("option", { value: get("arch"), selected: true }, get("arch") || "custom model"));
+    archSelect.onchange = () => act("arch", { name: archSelect.value });
+    weightsNote.textContent = get("weights_note") || "";
+    weightsNote.classList.toggle("fv-random", (get("weights_note") || "").startsWith("random"));
+    const opt = get("optimizer") || {};
+    optimizerSelect.value = opt.name || "sgd";
+    seedInput.value = String(get("seed") ?? 0);
+    const palette = get("palette") || {};
+    for (const [key, value] of Object.entries(palette)) root.style.setProperty(`--fv-${key}`, value);
+  }
+
+  function finishPending(kind) {
+    if (!view.pending) return;
+    const { started } = view.pending;
+    const done = view.pending.kind;
+    view.pending = null;
+    root.dataset.kernel = "idle";
+    busy.textContent = "";
+    setButtons();
+    markDrawn(kind || done, started);
+  }
+
+  function syncFromModel() {
+    view.frozen = get("frozen") || [];
+    view.switches = { ...(get("switches") || {}) };
+    drawStatic();
+    drawConfiguration();
+    drawReport();
+    drawAB();
+  }
+
+  model.on("change:frozen", () => { view.frozen = get("frozen") || []; drawConfiguration(); drawAB(); });
+  model.on("change:switches", () => { view.switches = { ...(get("switches") || {}) }; drawConfiguration(); });
+  model.on("change:table", () => { drawConfiguration(); drawAB(); });
+  model.on("change:scenario", () => drawConfiguration());
+  model.on("change:report", () => {
+    drawReport();
+    const step = (get("report") || {}).step || 0;
+    if (view.pending && view.pending.kind === "step" && step !== view.lastReportStep) finishPending("step");
+    view.lastReportStep = step;
+  });
+  model.on("change:history", () => drawReport());
+  model.on("change:ranking", () => drawReport());
+  model.on("change:pinned", () => drawAB());
+  model.on("change:comparison", () => drawAB());
+  model.on("change:error", () => { error.textContent = get("error") || ""; });
+  model.on("change:busy", () => { if (get("busy")) busy.textContent = get("busy"); });
+  for (const key of ["arch", "arch_options", "weights_note", "optimizer", "seed", "palette", "blocks"]) {
+    model.on(`change:${key}`, () => { drawStatic(); if (key === "blocks") syncFromModel(); });
+  }
+  model.on("msg:custom", (msg) => {
+    if (msg && msg.kind === "done") {
+      if (msg.action !== "step") syncFromModel();
+      finishPending(msg.action);
+    }
+  });
+
+  // A link with a scenario (Voila keeps it in the address) that this kernel did not start from.
+  syncFromModel();
+  error.textContent = get("error") || "";
+  return () => stopDots();
+}
+
+export default { render };
