@@ -76,3 +76,23 @@ def test_a_sequential_whose_last_parameter_layer_is_not_linear_has_no_head():
     model = nn.Sequential(nn.Linear(4, 4), nn.Conv1d(1, 1, 1), nn.Softmax(dim=1))
     with pytest.raises(models.HeadNotFoundError):
         models.find_head(model)
+
+
+def test_the_top_from_split_at_has_a_head_so_its_features_can_be_cached():
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(weights=None, num_classes=4).eval()
+    bottom, top = models.split_at(model, "stage5")
+    name, head = models.find_head(top)
+    assert head is model.classifier[1] and name == "3.1"
+    x = torch.randn(2, 3, 64, 64)
+    maps = training.cache_features(bottom, [(x, torch.zeros(2))])
+    features = training.cache_features(top, DataLoader(maps, batch_size=2))
+    whole = training.cache_features(model, [(x, torch.zeros(2))])
+    torch.testing.assert_close(features.tensors[0], whole.tensors[0])
+
+
+def test_a_conv_block_stack_is_not_a_classifier():
+    """torchvision's Conv2dNormActivation is a Sequential subclass ending in a 1x1 conv: not a head."""
+    features = torchvision.models.mobilenet_v2(weights=None).features
+    with pytest.raises(models.HeadNotFoundError):
+        models.find_head(features)

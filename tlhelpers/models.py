@@ -118,18 +118,36 @@ def find_head(model: nn.Module) -> tuple[str, nn.Module]:
             inner, layer = found
             return (f"{container}.{inner}" if inner else container), layer
     if isinstance(model, nn.Sequential):
-        for index in reversed(range(len(model))):
-            if isinstance(model[index], nn.Linear):
-                return str(index), model[index]
-            if any(True for _ in model[index].parameters()):
-                break  # a layer with parameters that is not Linear: not a classifier stack
+        found = _last_linear(model)
+        if found is not None:
+            return found
     described = ", ".join(f"{n}: {type(m).__name__}" for n, m in model.named_children()) or "none"
     raise HeadNotFoundError(
         f"No classification head found in {type(model).__name__}. Looked for a Linear layer "
         f"(or SqueezeNet's 1x1 Conv2d) in {', '.join(HEAD_CONTAINERS)}, or a Sequential ending "
-        f"in Linear (plus parameter-free layers such as LogSoftmax); its top-level children are [{described}]. If the head was removed "
-        f"(nn.Identity), put a layer back with model.<name> = nn.Linear(in_features, classes)."
+        f"in Linear (plus parameter-free layers such as LogSoftmax); its top-level children are "
+        f"[{described}]. If the head was removed (nn.Identity), put a layer back with "
+        f"model.<name> = nn.Linear(in_features, classes)."
     )
+
+
+def _last_linear(stack: nn.Sequential) -> tuple[str, nn.Module] | None:
+    """The ``Linear`` that ends a plain stack, with only parameter-free layers after it.
+
+    A plain ``nn.Sequential`` child is looked into the same way (a classifier container, as
+    in the ``top`` that :func:`split_at` returns); any other layer with parameters ends the
+    search (the stack is not a classifier).
+    """
+    for name, layer in reversed(list(stack.named_children())):
+        if isinstance(layer, nn.Linear):
+            return name, layer
+        if type(layer) is nn.Sequential:
+            inner = _last_linear(layer)
+            if inner is not None:
+                return f"{name}.{inner[0]}", inner[1]
+        if any(True for _ in layer.parameters()):
+            return None
+    return None
 
 
 def _last_scoring_layer(container: nn.Module) -> tuple[str, nn.Module] | None:
