@@ -82,7 +82,8 @@ CORRUPTIONS: dict[str, Corruption] = {c.name: c for c in (
     Corruption("blur", "Gaussian blur", (0.025, 0.035, 0.05), "sigma / image side", _blur),
     Corruption("contrast", "contrast reduced towards the mean grey", (0.5, 0.3, 0.2), "factor", _contrast),
     Corruption("brightness", "image dimmed", (0.6, 0.4, 0.25), "factor", _brightness),
-    Corruption("rotation", "rotated by +-angle (sign drawn per image)", (8.0, 16.0, 24.0), "degrees", _rotation),
+    Corruption("rotation", "rotated by +-angle (sign drawn per image)", (8.0, 16.0, 24.0), "degrees",
+               _rotation),
 )}
 SEVERITIES = (1, 2, 3)
 
@@ -158,15 +159,17 @@ def corrupt_all(pixels: torch.Tensor, names: Iterable[str] | None = None,
         raise ValueError(f"severities is empty; pass some of {SEVERITIES}")
     check_pixels(pixels)
     order = list(CORRUPTIONS)
-    return {shift_name(name, severity): corrupt(pixels, name, severity, seed=seed * 1000 + 10 * order.index(name) + severity)
+    return {shift_name(name, severity):
+            corrupt(pixels, name, severity, seed=seed * 1000 + 10 * order.index(name) + severity)
             for name in names for severity in severities}
 
 
 def describe(severities: Sequence[int] = SEVERITIES) -> str:
     """A small table of the corruptions and their parameter at each severity."""
     severities = [_check_severity(s) for s in severities]
-    lines = [f"{'name':<11}{'what':<42}" + "".join(f"{'severity ' + str(s):>14}" for s in severities) + "  unit"]
+    header = "".join(f"{'severity ' + str(s):>14}" for s in severities)
+    lines = [f"{'name':<11}{'what':<42}{header}  unit"]
     for c in CORRUPTIONS.values():
-        lines.append(f"{c.name:<11}{c.description:<42}" + "".join(f"{c.levels[s - 1]:>14g}" for s in severities)
-                     + f"  {c.unit}")
+        levels = "".join(f"{c.levels[s - 1]:>14g}" for s in severities)
+        lines.append(f"{c.name:<11}{c.description:<42}{levels}  {c.unit}")
     return "\n".join(lines)

@@ -61,7 +61,8 @@ class LoRAConv2d(nn.Module):
                              f"{conv.out_channels} output channels; a low-rank update needs a smaller rank")
         alpha = float(rank if alpha is None else alpha)
         if not math.isfinite(alpha) or alpha <= 0:
-            raise ValueError(f"alpha must be a positive number (the update is scaled by alpha / rank), got {alpha!r}")
+            raise ValueError(f"alpha must be a positive number (the update is scaled by alpha / rank), "
+                             f"got {alpha!r}")
         self.conv = conv
         self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
         kwargs = {"device": conv.weight.device, "dtype": conv.weight.dtype}
@@ -139,12 +140,14 @@ def add_lora(model: nn.Module, rank: int = 4, alpha: float | None = None,
         if module is None:
             raise KeyError(f"No module named {name!r} in {type(model).__name__}; nothing was wrapped")
         if isinstance(module, LoRAConv2d):
-            raise ValueError(f"{name} already has LoRA; nothing was wrapped (merge_lora first to start again)")
+            raise ValueError(f"{name} already has LoRA; nothing was wrapped "
+                             "(merge_lora first to start again)")
         if not isinstance(module, nn.Conv2d) or module.groups != 1:
             raise ValueError(f"{name} is a {type(module).__name__}"
                              + (f" with groups={module.groups}" if isinstance(module, nn.Conv2d) else "")
                              + "; LoRA targets Conv2d layers with groups=1. Nothing was wrapped.")
-    wrapped = [LoRAConv2d(modules[name], rank, alpha) for name in targets]  # validates rank/alpha for all first
+    # build every wrapper first (this validates rank and alpha), then swap them in
+    wrapped = [LoRAConv2d(modules[name], rank, alpha) for name in targets]
     for name, module in zip(targets, wrapped):
         swap_module(model, name, module)
     return targets

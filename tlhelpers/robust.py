@@ -29,7 +29,8 @@ from tlhelpers.runtime import evaluating, model_device
 def _check_alpha(alpha: float) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0 \
             or math.isnan(alpha):
-        raise ValueError(f"alpha must be a number in [0, 1] (0: the first model, 1: the second), got {alpha!r}")
+        raise ValueError(f"alpha must be a number in [0, 1] (0: the first model, 1: the second), "
+                         f"got {alpha!r}")
     return float(alpha)
 
 
@@ -101,7 +102,8 @@ def reestimate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"inputs must be a batch of at least 2 model inputs (N, ...), got {shape}; "
                          "BatchNorm statistics need several examples")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2):
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 2):
         raise ValueError(f"batch_size must be None (one batch) or an integer >= 2, got {batch_size!r}")
     if not torch.isfinite(inputs).all():
         raise ValueError("inputs contain NaN or infinite values; BatchNorm statistics would be ruined")
@@ -169,14 +171,15 @@ def accuracies(model: nn.Module, sets: Mapping[str, torch.Tensor], labels: torch
                              "set must be a copy of the same test set, in the same order")
     device = model_device(model)
     fused = _fused_copy(model) if fast else None
-    scorer = fused.to(memory_format=torch.channels_last) if fused is not None and fused is not model else model
+    separate = fused is not None and fused is not model
+    scorer = fused.to(memory_format=torch.channels_last) if separate else model
     layout = torch.channels_last if scorer is not model else torch.contiguous_format
     with evaluating(model):
         scorer.eval()
         results = {}
         for name, inputs in sets.items():
-            predicted = torch.cat([
-                scorer(chunk.to(device).contiguous(memory_format=layout) if chunk.ndim == 4 else chunk.to(device))
-                .argmax(dim=1).cpu() for chunk in inputs.split(batch_size)])
+            chunks = [chunk.to(device) for chunk in inputs.split(batch_size)]
+            chunks = [c.contiguous(memory_format=layout) if c.ndim == 4 else c for c in chunks]
+            predicted = torch.cat([scorer(chunk).argmax(dim=1).cpu() for chunk in chunks])
             results[name] = (predicted == labels.cpu()).float().mean().item()
     return results

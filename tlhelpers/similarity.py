@@ -92,7 +92,8 @@ def block_similarity(model_a: nn.Module, model_b: nn.Module, inputs: torch.Tenso
 
 
 @torch.no_grad()
-def relative_change(before: nn.Module, after: nn.Module, blocks: Mapping[str, Sequence[str]]) -> dict[str, float]:
+def relative_change(before: nn.Module, after: nn.Module,
+                    blocks: Mapping[str, Sequence[str]]) -> dict[str, float]:
     """Per block, ``|w_after - w_before| / |w_before|`` over all the block's parameters.
 
     0 means untouched; 0.01 means the weights moved by 1% of their size. Both models must have
