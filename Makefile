@@ -34,7 +34,7 @@ test: setup  ## the whole suite, offline: unit tests, browser tests, every noteb
 	scripts/offline $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 unit: setup  ## only the package's unit tests (fast), offline
-	scripts/offline $(PY) -m pytest tests --ignore=tests/ui --ignore=tests/series -p no:cacheprovider
+	scripts/offline $(PY) -m pytest tests --ignore=tests/ui --ignore=tests/series --ignore=tests/distributed -p no:cacheprovider
 
 notebooks: setup  ## re-execute every notebook in place so stored outputs match the code
 	$(PY) scripts/run_notebooks.py

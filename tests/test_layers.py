@@ -23,8 +23,8 @@ LAYERS: list[set[str]] = [
     {"freezing"},
     {"evaluation"},
     {"training"},
-    {"plots"},
-    {"simulator"},
+    {"plots", "corruptions", "lora", "robust", "similarity"},
+    {"simulator", "finetune"},
 ]
 
 

@@ -10,8 +10,11 @@ Modules, bottom to top; each imports only modules of lower layers (tests/test_la
 5. ``freezing``: freeze by name, BatchNorm policies, optimizer checks.
 6. ``evaluation``: predict under eval + inference_mode, accuracy, confusion matrix.
 7. ``training``: ``fit``, checkpoints, the feature cache.
-8. ``plots``: figures.
-9. ``simulator``: the freeze-toggle simulator (``FreezeSim``, pure PyTorch, and its widget).
+8. ``plots``: figures. Beside it, the tools of notebook 08: ``corruptions`` (shifted test
+   sets), ``lora`` (low-rank adapters), ``robust`` (WiSE-FT interpolation, BatchNorm
+   re-estimation), ``similarity`` (linear CKA, weight change per block).
+9. ``simulator``: the freeze-toggle simulator (``FreezeSim``, pure PyTorch, and its widget);
+   ``finetune``: the command-line job, one process or under ``torchrun``.
 """
 
 __version__ = "0.2.0"

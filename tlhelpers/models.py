@@ -81,7 +81,7 @@ def _available(name: str, chosen, fall_back: bool):
 
 
 def load_model(name: str, weights: str | torchvision.models.WeightsEnum | None = "DEFAULT",
-               ) -> tuple[nn.Module, Callable]:
+               image_size: int | None = None) -> tuple[nn.Module, Callable]:
     """Build torchvision model ``name`` with pretrained ``weights`` and return (model, transforms).
 
     ``weights`` is ``"DEFAULT"``, an enum member name such as ``"IMAGENET1K_V1"``, a
@@ -91,13 +91,15 @@ def load_model(name: str, weights: str | torchvision.models.WeightsEnum | None =
     when missing, fetched as :mod:`tlhelpers.assets` describes; offline, a missing file raises
     :class:`tlhelpers.assets.AssetError` saying exactly which file and how to get it. For
     ``"DEFAULT"`` only, another already cached weights version of the same model is used (with
-    a warning) when the default one cannot be had.
+    a warning) when the default one cannot be had. ``image_size`` asks for the same
+    preprocessing at another size (``weights.transforms(crop_size=s, resize_size=s)``).
     """
     chosen = _resolve_weights(name, weights)
     if chosen is not None:
         chosen = _available(name, chosen, fall_back=weights == "DEFAULT")
     model = torchvision.models.get_model(name, weights=chosen)
-    preprocessing = (chosen or _weights_enum(name).DEFAULT).transforms()
+    sizes = {} if image_size is None else {"crop_size": image_size, "resize_size": image_size}
+    preprocessing = (chosen or _weights_enum(name).DEFAULT).transforms(**sizes)
     return model, preprocessing
 
 

@@ -39,7 +39,7 @@ CHECKPOINT_FORMAT = "tlhelpers.training checkpoint"
 CHECKPOINT_VERSION = 1
 _RESERVED = ("format", "version", "fingerprint", "model", "optimizer", "optimizer_shapes",
              "optimizer_class", "scheduler", "scheduler_class", "scaler", "rng", "data_rng",
-             "history", "best_model")
+             "history", "best_model", "rng_per_process")
 SCHEDULER_STEPS = ("epoch", "batch")
 #: Weight of each auxiliary head's loss (Inception v3, GoogLeNet), as in their papers.
 AUX_LOSS_WEIGHT = 0.4
@@ -164,7 +164,7 @@ def _check_storable(value, where: str) -> None:
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler=None, history: History | None = None, *, scaler=None,
                     data_loader: DataLoader | None = None, best_model: dict | None = None,
-                    **extra) -> Path:
+                    rng_per_process: list[dict] | None = None, **extra) -> Path:
     """Write a checkpoint atomically: a complete new file replaces the old one, or nothing does.
 
     It holds the model's weights and a fingerprint of its architecture, and, when given, the
@@ -174,6 +174,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     ``extra`` values (e.g. ``classes=[...]``) are stored too. Everything is tensors, numbers,
     strings, lists and dicts, so it loads with ``torch.load(..., weights_only=True)``; other
     values are refused before anything is written. A failed write leaves no temporary file.
+    Under ``torchrun``, ``rng_per_process`` holds every process's random state (rank order),
+    so each process resumes its own dropout draws.
     """
     path = Path(path)
     clash = sorted(set(extra) & set(_RESERVED))
@@ -195,6 +197,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         "data_rng": [g.get_state() for g in _generators(data_loader)],
         "history": history.to_dict() if history is not None else None,
         "best_model": best_model,
+        "rng_per_process": rng_per_process,
         **extra,
     }
     for key, value in state.items():
@@ -240,7 +243,8 @@ def read_checkpoint(path: str | Path, map_location=None) -> dict:
     return state
 
 
-def _model_problems(saved: dict, model: nn.Module) -> list[str]:
+def fingerprint_problems(saved: dict, model: nn.Module) -> list[str]:
+    """How ``model`` differs from the architecture a checkpoint recorded (``[]`` when it fits)."""
     current = fingerprint(model)
     problems = []
     if saved["class"] != current["class"] or saved["num_classes"] != current["num_classes"]:
@@ -294,7 +298,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     path = Path(path)
     state = read_checkpoint(path, map_location=model_device(unwrap(model)))
     target = unwrap(model)
-    problems = _model_problems(state["fingerprint"], target)
+    problems = fingerprint_problems(state["fingerprint"], target)
     if optimizer is not None:
         problems += _optimizer_problems(state, optimizer)
     if scheduler is not None:
@@ -324,7 +328,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
             optimizer.load_state_dict(backup_optimizer)
         raise
     if restore_rng:
-        set_rng_state(state["rng"])
+        per_process = state.get("rng_per_process")
+        if _distributed() and per_process and len(per_process) == dist.get_world_size():
+            set_rng_state(per_process[dist.get_rank()])
+        else:
+            set_rng_state(state["rng"])
         for generator, saved in zip(generators, state["data_rng"]):
             generator.set_state(saved)
     return state
@@ -354,6 +362,13 @@ def _sum_across_processes(values: torch.Tensor) -> torch.Tensor:
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def _gather_rng() -> list[dict]:
+    """Every process's random state, in rank order (collected on all ranks)."""
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, rng_state())
+    return states
 
 
 def _validate(model: nn.Module, loader: DataLoader, device: torch.device, loss_fn: Callable
@@ -494,9 +509,10 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
             epochs_bar.set_postfix(loss=f"{loss_sum / seen:.3f}",
                                    val_acc=f"{val_acc:.1%}" if val_acc is not None else "-")
         if checkpoint is not None:
+            per_process = _gather_rng() if _distributed() else None  # a collective: every rank joins
             if main:
                 save_checkpoint(checkpoint, model, optimizer, scheduler, history, scaler=scaler,
-                                data_loader=train_loader, best_model=best_state)
+                                data_loader=train_loader, best_model=best_state, rng_per_process=per_process)
             if _distributed():
                 dist.barrier()
         if patience is not None and len(history) - history.best_epoch(keep_best or "val_acc") >= patience:

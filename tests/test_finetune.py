@@ -1,0 +1,97 @@
+"""python -m tlhelpers.finetune: every bad input stops before any training, with one clear line;
+a short real run on digits writes its report and checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest
+import torch
+
+from tlhelpers import finetune, training
+
+BASE = ["--weights", "IMAGENET1K_V1", "--dataset", "digits", "--per-class", "5", "--val-per-class", "3",
+        "--image-size", "32", "--epochs", "1", "--no-progress"]
+
+
+def fails(argv, capsys, monkeypatch=None) -> str:
+    assert finetune.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backbone", "resnet19"], "unknown --backbone 'resnet19'; choose one of: .*resnet18"),
+    (["--dataset", "cifar"], "unknown --dataset 'cifar'; choose one of: fashion-mnist, digits, imagefolder, hymenoptera"),
+    (["--dataset", "imagefolder"], "needs --root"),
+    (BASE + ["--unfreeze", "layer4"], "unknown layer group.*'layer4' for mobilenet_v2; its groups are: stem, "),
+    (BASE + ["--freeze", "stage9"], "'stage9'"),
+    (BASE + ["--weights", "IMAGENET9K"], "--weights: mobilenet_v2 has no weights 'IMAGENET9K'"),
+    (["--epochs", "0"], "--epochs must be a positive integer"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--resume"], "--resume needs --checkpoint"),
+    (BASE + ["--per-class", "1000"], "digits train: class '8' has only 139 examples"),
+])
+def test_bad_settings_stop_before_any_work(argv, message, capsys):
+    import re
+    err = fails(argv, capsys)
+    assert re.search(message, err), err
+
+
+def test_a_root_without_images_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "val" / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("no images here")
+    err = fails(["--dataset", "imagefolder", "--root", str(tmp_path), "--weights", "IMAGENET1K_V1"], capsys)
+    assert "No readable images" in err
+
+
+def test_more_processes_than_examples(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "64")   # as torchrun --nproc_per_node=64 would set it
+    err = fails(BASE, capsys)
+    assert "64 processes but only 50 training examples" in err
+
+
+def test_an_existing_checkpoint_needs_resume_or_overwrite(tmp_path, capsys):
+    path = tmp_path / "run.pt"
+    path.write_bytes(b"something")
+    err = fails(BASE + ["--checkpoint", str(path)], capsys)
+    assert "--resume" in err and "--overwrite" in err
+    assert path.read_bytes() == b"something"
+
+
+def test_resume_refuses_another_architecture_or_class_count(tmp_path, capsys):
+    path = tmp_path / "three.pt"
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    training.save_checkpoint(path, model)
+    before = path.read_bytes()
+    err = fails(BASE + ["--checkpoint", str(path), "--resume"], capsys)
+    assert "saved from a Sequential with 3 classes; this model is a MobileNetV2 with 10 classes" in err
+    assert path.read_bytes() == before
+
+
+def test_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    path = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    assert "plain state_dict" in fails(BASE + ["--checkpoint", str(path), "--resume"], capsys)
+
+
+def test_a_short_real_run_writes_its_report_and_checkpoint(tmp_path, capsys):
+    out, checkpoint = tmp_path / "report", tmp_path / "run.pt"
+    argv = BASE + ["--epochs", "2", "--unfreeze", "stage5", "--checkpoint", str(checkpoint), "--out", str(out)]
+    assert finetune.main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    assert history["epoch"] == [1, 2] and report["epochs"] == 2 and report["processes"] == 1
+    assert 0.0 <= report["accuracy"] <= 1.0 and f"{report['accuracy']:.1%}" in printed
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["history"]["epoch"] == [1, 2]
+    assert report["trainable_parameters"] < 3_000_000   # the backbone stayed frozen but stage5
+    assert finetune.main(argv[:-4] + ["--checkpoint", str(checkpoint), "--resume", "--epochs", "3", "--out", str(out)]) == 0
+    assert json.loads((out / "history.json").read_text())["epoch"] == [1, 2, 3]

@@ -1,0 +1,285 @@
+"""Fine-tune a torchvision classifier from the command line, in one process or several.
+
+One process (CPU, or the first GPU)::
+
+    python -m tlhelpers.finetune --dataset digits --per-class 20 --epochs 3 \\
+        --unfreeze stage5 head_conv --out runs/digits
+
+Several processes with ``DistributedDataParallel`` (gloo on CPUs, nccl with one process per GPU)::
+
+    torchrun --standalone --nproc_per_node=2 -m tlhelpers.finetune --dataset digits ...
+
+Everything is checked before any training starts: the backbone, dataset and group names (the
+error lists the valid ones), an ImageFolder root without images, more processes than training
+examples, a checkpoint that exists without ``--resume`` / ``--overwrite``, and a ``--resume``
+checkpoint from another architecture or class count. Bad input exits with status 2 and one
+line that says what to do.
+
+The data order does not depend on the number of processes: every run shuffles with
+``DistributedSampler(seed=--seed)``, and with N processes each takes every N-th index of the
+same permutation, in batches of ``--batch-size / N``. So one step of N processes sees exactly the
+global batch one process sees, and since DistributedDataParallel averages the gradients,
+the runs agree (up to float rounding) wherever a layer does not depend on the split of the batch:
+BatchNorm in train mode and Dropout do. ``--bn-policy eval`` and a backbone without Dropout
+(ResNet) make them equal, which ``tests/test_finetune.py`` checks. Frozen parts are frozen
+*before* the model is wrapped and are not in the optimizer, so no ``find_unused_parameters``.
+
+Only rank 0 prints, shows progress and writes files: the checkpoint (atomically, after every
+epoch, so a crash of any process never leaves half a file), ``history.json``, ``report.json``
+and ``confusion_matrix.png`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from tlhelpers import data, evaluation, freezing, models, plots, runtime, training
+from tlhelpers.files import AssetError, atomic_write
+
+
+class UsageError(ValueError):
+    """A command-line setting that cannot work; the message says which and what to do."""
+
+
+@dataclass
+class World:
+    """This process's place among the ``torchrun`` processes (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tlhelpers.finetune",
+                                description="Fine-tune a torchvision classifier (one process or under torchrun).")
+    p.add_argument("--backbone", default="mobilenet_v2", help="any torchvision classifier name (default mobilenet_v2)")
+    p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a weights member such as IMAGENET1K_V1, or none")
+    p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(data.DATASETS)}")
+    p.add_argument("--root", help="for --dataset imagefolder: the folder holding train/ and val/")
+    p.add_argument("--per-class", type=int, help="training images per class (default: all)")
+    p.add_argument("--val-per-class", type=int, help="validation images per class (default: all)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--freeze", nargs="+", default=["backbone"], metavar="GROUP",
+                   help="'backbone' (everything but the head, the default), 'none', or layer group names")
+    p.add_argument("--unfreeze", nargs="+", default=[], metavar="GROUP", help="layer groups to train after --freeze")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate for the head")
+    p.add_argument("--backbone-lr", type=float, help="for unfrozen backbone groups (default: --lr / 10)")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch size, split over the processes")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--bn-policy", default="frozen-eval", choices=freezing.BN_POLICIES)
+    p.add_argument("--checkpoint", type=Path, help="written after every epoch")
+    p.add_argument("--resume", action="store_true", help="continue the run in --checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --checkpoint")
+    p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA (ignored on the CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="folder for the report (default runs/<backbone>-<dataset>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be checked from the command line alone."""
+    if args.backbone not in models.classification_models():
+        raise UsageError(f"unknown --backbone {args.backbone!r}; choose one of: {', '.join(models.classification_models())}")
+    if args.dataset not in data.DATASETS:
+        raise UsageError(f"unknown --dataset {args.dataset!r}; choose one of: {', '.join(data.DATASETS)}")
+    if args.dataset == "imagefolder" and args.root is None:
+        raise UsageError("--dataset imagefolder needs --root, the folder holding train/ and val/")
+    for name in ("epochs", "batch_size", "image_size", "per_class", "val_per_class"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    for name in ("lr", "backbone_lr"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.resume and args.checkpoint is None:
+        raise UsageError("--resume needs --checkpoint, the file to continue from")
+    if args.checkpoint is not None and args.checkpoint.exists() and not (args.resume or args.overwrite):
+        raise UsageError(f"{args.checkpoint} already exists: pass --resume to continue that run, --overwrite to "
+                         "replace it, or another --checkpoint")
+
+
+def check_groups(model: nn.Module, args: argparse.Namespace) -> None:
+    groups = list(models.layer_groups(model))
+    names = [n for n in args.freeze if n not in ("backbone", "none")] + list(args.unfreeze)
+    unknown = [n for n in names if n not in groups]
+    if unknown:
+        raise UsageError(f"unknown layer group(s) {', '.join(map(repr, unknown))} for {args.backbone}; its groups "
+                         f"are: {', '.join(groups)} (plus 'backbone' and 'none' for --freeze)")
+
+
+def join_world() -> World:
+    """Join the torchrun processes (if launched by torchrun) and return this process's place."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return World()
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
+    return world
+
+
+def load_model(args: argparse.Namespace):
+    """The pretrained model (weights verified, offline sources tried) and its preprocessing."""
+    try:
+        model, preprocess = models.load_model(args.backbone, None if args.weights.lower() == "none" else args.weights,
+                                              image_size=args.image_size)
+    except AssetError:
+        raise
+    except ValueError as error:  # an unknown weights name: the message lists the valid ones
+        raise UsageError(f"--weights: {error}") from None
+    check_groups(model, args)
+    return model, preprocess
+
+
+def load_data(args: argparse.Namespace, transform, processes: int):
+    """(train, val) datasets; a clear UsageError for a folder without images or too few examples."""
+    try:
+        train = data.load_dataset(args.dataset, "train", per_class=args.per_class, seed=args.seed,
+                                  transform=transform, root=args.root)
+        val = data.load_dataset(args.dataset, "val", per_class=args.val_per_class, seed=args.seed,
+                                transform=transform, root=args.root)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    if processes > len(train):
+        raise UsageError(f"{processes} processes but only {len(train)} training examples; use at most "
+                         f"{len(train)} processes (--nproc_per_node) or more data")
+    if args.batch_size % processes:
+        raise UsageError(f"--batch-size {args.batch_size} does not split evenly over {processes} processes; "
+                         f"use a multiple of {processes}")
+    return train, val
+
+
+def prepare_model(model: nn.Module, args: argparse.Namespace, num_classes: int) -> nn.Module:
+    """A new head (seeded, so every process starts alike), the freezing asked for; returns the head."""
+    runtime.seed_everything(args.seed)
+    head = models.replace_head(model, num_classes)
+    if args.freeze == ["backbone"]:
+        freezing.freeze_backbone(model)
+    elif args.freeze != ["none"]:
+        freezing.freeze(model, *args.freeze)
+    if args.unfreeze:
+        freezing.unfreeze(model, *args.unfreeze)
+    return head
+
+
+def make_optimizer(model: nn.Module, head: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """Adam with the head at --lr and the unfrozen backbone at --backbone-lr (default --lr / 10)."""
+    head_ids = {id(p) for p in head.parameters()}
+    groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": args.lr}]
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    if backbone:
+        groups.append({"params": backbone, "lr": args.backbone_lr or args.lr / 10})
+    return torch.optim.Adam(groups)
+
+
+def check_resume(args: argparse.Namespace, model: nn.Module) -> None:
+    """A --resume checkpoint from another architecture or class count is refused before training."""
+    if not (args.resume and args.checkpoint is not None and args.checkpoint.exists()):
+        return
+    try:
+        state = training.read_checkpoint(args.checkpoint)
+    except training.CheckpointError as error:
+        raise UsageError(str(error)) from None
+    problems = training.fingerprint_problems(state["fingerprint"], model)
+    if problems:
+        raise UsageError(f"--resume {args.checkpoint}: " + "; ".join(problems) + ". Use the --backbone and "
+                         "--dataset it was trained with, or another --checkpoint.")
+
+
+def write_report(out: Path, model: nn.Module, val, classes: list[str], history: training.History,
+                 args: argparse.Namespace, world: World, seconds: float, device: torch.device) -> dict:
+    """history.json, confusion_matrix.png and report.json in ``out``; returns the report."""
+    predictions = evaluation.predict(models.unwrap(model), DataLoader(val, batch_size=256), device)
+    matrix = evaluation.confusion_matrix(predictions.labels, predictions.targets, len(classes))
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "confusion_matrix.png") as staging:
+        plots.plot_confusion_matrix(matrix, classes, title=f"{args.dataset}, accuracy {predictions.accuracy:.1%}"
+                                    ).savefig(staging, format="png", dpi=100)
+    report = {"accuracy": predictions.accuracy, "epochs": len(history), "processes": world.size,
+              "seconds": round(seconds, 2), "device": str(device), "classes": classes,
+              "trainable_parameters": models.count_parameters(models.unwrap(model), trainable_only=True),
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    for name, content in (("history.json", history.to_dict()), ("report.json", report)):
+        with atomic_write(out / name) as staging:
+            staging.write_text(json.dumps(content, indent=2) + "\n")
+    return report
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    """Fine-tune as ``args`` says; return the report on rank 0 (None on other ranks).
+
+    Every check runs before the processes join and before any training, on every process
+    alike, so a bad setting stops all of them with the same message.
+    """
+    check_arguments(args)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    runtime.seed_everything(args.seed)   # --weights none: the random initialisation is seeded too
+    model, preprocess = load_model(args)
+    train, val = load_data(args, preprocess, processes)
+    head = prepare_model(model, args, len(train.classes))
+    check_resume(args, model)
+    world = join_world()
+    try:
+        device = runtime.pick_device(f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu")
+        model.to(device)
+        optimizer = make_optimizer(model, head, args)   # frozen parts are not in it, before wrapping
+        if world.size > 1:
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[world.local_rank] if device.type == "cuda" else None)
+        sampler = DistributedSampler(train, num_replicas=world.size, rank=world.rank, shuffle=True, seed=args.seed)
+        train_loader = DataLoader(train, batch_size=args.batch_size // world.size, sampler=sampler, num_workers=0)
+        val_loader = DataLoader(Subset(val, range(world.rank, len(val), world.size)), batch_size=256, num_workers=0)
+        if world.main:
+            print(f"{args.backbone} on {args.dataset}: {len(train)} training / {len(val)} validation images, "
+                  f"{models.count_parameters(models.unwrap(model), trainable_only=True):,} trainable parameters, "
+                  f"{world.size} process(es) on {device}", flush=True)
+        began = time.perf_counter()
+        history = training.fit(model, train_loader, val_loader, optimizer, args.epochs, device=device, amp=args.amp,
+                               checkpoint=args.checkpoint, resume=args.resume, overwrite=args.overwrite,
+                               bn_policy=args.bn_policy, progress=world.main and not args.no_progress)
+        seconds = time.perf_counter() - began
+        report = None
+        if world.main:
+            out = args.out or Path("runs") / f"{args.backbone}-{args.dataset}"
+            report = write_report(out, model, val, list(train.classes), history, args, world, seconds, device)
+            print(f"validation accuracy {report['accuracy']:.1%} after {len(history)} epochs in {seconds:.1f} s; "
+                  f"report in {out}" + (f", checkpoint {args.checkpoint}" if args.checkpoint else ""), flush=True)
+        if world.size > 1:
+            dist.barrier()
+        return report
+    finally:
+        if world.size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        run(args)
+    except (UsageError, training.CheckpointError, AssetError) as error:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
