@@ -179,7 +179,7 @@ def browser_context(tmp_path_factory):
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(profile), executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS,
-            viewport={"width": 1400, "height": 1000})
+            viewport={"width": 1400, "height": 2200})  # tall: the whole simulator fits in a screenshot
         try:
             yield context
         finally:

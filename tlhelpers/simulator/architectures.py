@@ -19,6 +19,8 @@ from tlhelpers import assets, models
 #: Image sizes tried in turn: the smallest an architecture accepts keeps a CPU step quick.
 IMAGE_SIZES = (64, 96, 224)
 DEFAULT_ARCH = "mobilenet_v2"
+#: Listed first (after those whose weights are cached): the course's two reference models.
+FEATURED = (DEFAULT_ARCH, "resnet18")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ def cached_weights(name: str):
 
 
 def choices() -> list[dict]:
-    """Every torchvision classifier as ``{"name", "label"}``, those with cached weights first."""
+    """Every torchvision classifier as ``{"name", "label"}``: cached weights first, then
+    MobileNetV2 and ResNet-18, then the rest by name."""
     rows = []
     for name in models.classification_models():
         enum = torchvision.models.get_model_weights(name)
@@ -52,7 +55,7 @@ def choices() -> list[dict]:
         size = f"{params / 1e6:.1f} M parameters" if params else "size unknown"
         rows.append({"name": name, "cached": cached,
                      "label": f"{name} ({size}{', ImageNet weights' if cached else ', random init'})"})
-    rows.sort(key=lambda row: (not row["cached"], row["name"] != DEFAULT_ARCH, row["name"]))
+    rows.sort(key=lambda row: (not row["cached"], row["name"] not in FEATURED, row["name"]))
     return [{"name": r["name"], "label": r["label"]} for r in rows]
 
 

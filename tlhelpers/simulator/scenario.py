@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from typing import Mapping
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import quote, unquote
 
 #: Scenario switch names -> FreezeSim state keys.
 SWITCHES = {"bn_train": "bn_train_when_frozen", "stale": "stale_gradients", "norm_affine": "train_norm_affine"}
@@ -62,10 +62,11 @@ def decode(text: str) -> tuple[str | None, dict]:
     text = text.strip().split("#", 1)[0]
     if "?" in text:  # a whole link: keep only the scenario's own parameters
         text = from_query(text.split("?", 1)[1]) or ""
-    try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
-    except ValueError:
-        raise ScenarioError(f"Not a scenario: {text!r}. It looks like {EXAMPLE!r}") from None
+    pieces = [piece for piece in text.split("&") if piece]
+    if not pieces or any("=" not in piece for piece in pieces):
+        raise ScenarioError(f"Not a scenario: {text!r}. It looks like {EXAMPLE!r}")
+    # Values stay percent-encoded until split: a block name may hold an encoded comma.
+    pairs = [(unquote(key), value) for key, value in (piece.split("=", 1) for piece in pieces)]
     fields = dict(pairs)
     unknown = sorted(set(fields) - set(KEYS))
     if unknown or len(fields) != len(pairs):
@@ -74,6 +75,7 @@ def decode(text: str) -> tuple[str | None, dict]:
     state: dict = {}
     if "frozen" in fields:
         state["frozen"] = [unquote(b) for b in fields["frozen"].split(",") if b]
+    fields = {key: (value if key == "frozen" else unquote(value)) for key, value in fields.items()}
     if "seed" in fields:
         if not re.fullmatch(r"-?\d+", fields["seed"]):
             raise ScenarioError(f"seed must be an integer, got {fields['seed']!r}")
@@ -96,7 +98,7 @@ def decode(text: str) -> tuple[str | None, dict]:
         if bad:
             raise ScenarioError(f"Unknown switch(es) {bad}; valid: {', '.join(SWITCHES)}")
         state.update({key: short in on for short, key in SWITCHES.items()})
-    arch = unquote(fields["arch"]) if fields.get("arch") else None
+    arch = fields.get("arch") or None
     return arch, state
 
 

@@ -322,9 +322,9 @@ function render({ model, el }) {
     const isFrozen = view.frozen.includes(name);
     view.frozen = isFrozen ? view.frozen.filter((b) => b !== name) : [...view.frozen, name];
     drawConfiguration();
+    drawReport();
     markDrawn("toggle", started);
     commitConfiguration();
-    root.querySelector(`[data-block="${CSS.escape(name)}"]`)?.focus();
   }
 
   function applyPreset(kind) {
@@ -335,6 +335,7 @@ function render({ model, el }) {
     view.frozen = chosen.frozen;
     Object.assign(view.switches, chosen.switches);
     drawConfiguration();
+    drawReport();
     markDrawn("preset", started);
     commitConfiguration();
   }
@@ -344,6 +345,7 @@ function render({ model, el }) {
     const started = performance.now();
     view.switches[key] = value;
     drawConfiguration();
+    drawReport();
     markDrawn("switch", started);
     commitConfiguration();
   }
@@ -455,18 +457,38 @@ function render({ model, el }) {
         class: "fv-note fv-note-stop" }, "no backward pass: nothing trains"));
       view.path = null;
     }
-    svg.append(s("g", { class: "fv-dots" }));
     const old = diagramBox.querySelector("svg");
+    const running = view.animation && old ? old.querySelector(".fv-dots") : null;
+    svg.append(running || s("g", { class: "fv-dots" }));  // a redraw mid-animation keeps the dots going
     const scroll = diagramBox.scrollLeft;
+    const focused = old && old.contains(document.activeElement) ? document.activeElement.dataset.block : null;
     if (old) old.replaceWith(svg); else diagramBox.append(svg);
     diagramBox.scrollLeft = scroll;
+    if (focused) svg.querySelector(`.fv-block[data-block="${CSS.escape(focused)}"]`)?.focus();  // keyboard users keep their place
+  }
+
+  // Bars are rebuilt on every draw; each starts at its previous width and moves to the new one
+  // in the next frame, so the CSS transition shows the change.
+  const barWidths = new Map();
+  let barQueue = [];
+  function fill(key, share, cls) {
+    const width = `${(Math.max(0, Math.min(1, share)) * 100).toFixed(1)}%`;
+    const node = h("span", { class: `fv-bar-fill ${cls}`, style: `width:${barWidths.get(key) ?? "0%"}`, "data-width": width });
+    barWidths.set(key, width);
+    barQueue.push(node);
+    return node;
+  }
+  function settleBars() {
+    const nodes = barQueue;
+    barQueue = [];
+    requestAnimationFrame(() => { for (const node of nodes) node.style.width = node.dataset.width; });
   }
 
   function costRow(label, value, reference, unit, detail, cls) {
     const share = reference ? Math.min(1, value / reference) : 0;
     return h("div", { class: `fv-cost ${cls}` },
       h("span", { class: "fv-cost-label" }, label),
-      h("span", { class: "fv-bar" }, h("span", { class: "fv-bar-fill", style: `width:${(share * 100).toFixed(1)}%` })),
+      h("span", { class: "fv-bar" }, fill(`cost:${cls}`, share, "")),
       h("span", { class: "fv-cost-text" }, `${shareText(value, reference)}: ${human(value, unit)} of ${human(reference, unit)}`,
         detail ? h("span", { class: "fv-cost-detail" }, ` (${detail})`) : null));
   }
@@ -487,6 +509,7 @@ function render({ model, el }) {
       costRow("Training memory", mem.total, memAll.total, "B",
         `activations ${human(mem.activations, "B")} + gradients ${human(mem.gradients, "B")} + optimizer ${human(mem.optimizer, "B")}`,
         "fv-cost-memory"));
+    settleBars();
     costs.dataset.backwardFlops = String(now.backwardFlops);
     costs.dataset.saved = String(now.saved);
     costs.dataset.trainable = String(mem.trainable);
@@ -494,12 +517,12 @@ function render({ model, el }) {
   }
 
   // ------------------------------------------------------------------ drawing: reports
-  function bar(value, top, cls, log = false) {
+  function bar(key, value, top, cls, log = false) {
     let share = 0;
     if (value !== null && value !== undefined && top > 0) {
       share = log ? Math.max(0.04, 1 + Math.log10(Math.max(value, top * 1e-4) / top) / 4) : value / top;
     }
-    return h("span", { class: "fv-bar fv-mini" }, h("span", { class: `fv-bar-fill ${cls}`, style: `width:${(Math.min(1, share) * 100).toFixed(1)}%` }));
+    return h("span", { class: "fv-bar fv-mini" }, fill(key, share, cls));
   }
 
   function sparkline(values, top, state) {
@@ -540,22 +563,23 @@ function render({ model, el }) {
         "moved since start", "|g|/|w| rank"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, order().map((name) => {
         const r = byName[name];
-        const state = r ? r.state : st[name];
+        const state = st[name];
         const note = r && r.movedWhileFrozen ? h("strong", { class: "fv-alarm" }, " moved while frozen!") : null;
         const drift = r && r.driftWhileFrozen ? h("strong", { class: "fv-drift-text" }, " drifted while frozen!") : null;
         return h("tr", { "data-block": name, class: `fv-row-${state}` },
           h("th", { scope: "row" }, name),
           h("td", { class: `fv-state-word fv-word-${state}` }, STATE_WORDS[state]),
-          h("td", {}, bar(r ? r.gradNorm : null, topGrad, "fv-fill-grad", true),
+          h("td", {}, bar(`${name}:grad`, r ? r.gradNorm : null, topGrad, "fv-fill-grad", true),
             h("span", { class: "fv-num" }, r ? (r.gradNorm === null ? (r.passThrough ? "none · pass-through" : "none") : fmt(r.gradNorm)) : "")),
-          h("td", {}, bar(r ? r.weightDelta : 0, topDelta, r && r.movedWhileFrozen ? "fv-fill-alarm" : "fv-fill-train"),
+          h("td", {}, bar(`${name}:delta`, r ? r.weightDelta : 0, topDelta, r && r.movedWhileFrozen ? "fv-fill-alarm" : "fv-fill-train"),
             h("span", { class: "fv-num" }, r ? fmt(r.weightDelta) : ""), note),
-          h("td", {}, bar(r ? r.bnDrift : 0, topDelta, "fv-fill-drift"), h("span", { class: "fv-num" }, r && r.bnDrift ? fmt(r.bnDrift) : ""), drift),
+          h("td", {}, bar(`${name}:drift`, r ? r.bnDrift : 0, topDelta, "fv-fill-drift"), h("span", { class: "fv-num" }, r && r.bnDrift ? fmt(r.bnDrift) : ""), drift),
           h("td", {}, sparkline(distances[name] || [], topDistance, state), h("span", { class: "fv-num" },
             history.length ? fmt(distances[name][distances[name].length - 1]) : "")),
-          h("td", {}, rankOf[name] ? [bar(rank.values[name], topRank, "fv-fill-rank"),
+          h("td", {}, rankOf[name] ? [bar(`${name}:rank`, rank.values[name], topRank, "fv-fill-rank"),
             h("span", { class: "fv-num" }, `#${rankOf[name]} ${fmt(rank.values[name])}`)] : ""));
       })));
+    settleBars();
     if (ranked.length) {
       const best = ranked[0][0];
       ranking.textContent = `Before step ${rank.step + 1}, ${best} has the largest relative gradient |g|/|w| = ${fmt(ranked[0][1])}: ` +
@@ -563,10 +587,14 @@ function render({ model, el }) {
     } else {
       ranking.textContent = "";
     }
+    summary.dataset.backwardFlops = report.step ? String(report.backwardFlops) : "";
+    summary.dataset.saved = report.step ? String(report.saved) : "";
     if (report.step) {
+      const changed = order().some((b) => (report.frozen || []).includes(b) !== view.frozen.includes(b));
       summary.replaceChildren(h("b", {}, "Step ", h("span", { class: "fv-step-number" }, String(report.step))),
         `: loss ${report.loss.toFixed(3)}, the step took ${Math.round(report.stepMs)} ms in the kernel` +
-        (report.measureMs ? ` (+${Math.round(report.measureMs)} ms measuring the blocks once)` : "") + ".");
+        (report.measureMs ? ` (+${Math.round(report.measureMs)} ms measuring the blocks once)` : "") + "." +
+        (changed ? " The table shows that step; you have changed the configuration since." : ""));
     } else {
       summary.replaceChildren(h("b", {}, "Step ", h("span", { class: "fv-step-number" }, String(report.step || 0))),
         ": nothing trained yet. Choose what to freeze, then press Train step.");
@@ -717,8 +745,8 @@ function render({ model, el }) {
     drawAB();
   }
 
-  model.on("change:frozen", () => { view.frozen = get("frozen") || []; drawConfiguration(); drawAB(); });
-  model.on("change:switches", () => { view.switches = { ...(get("switches") || {}) }; drawConfiguration(); });
+  model.on("change:frozen", () => { view.frozen = get("frozen") || []; drawConfiguration(); drawReport(); drawAB(); });
+  model.on("change:switches", () => { view.switches = { ...(get("switches") || {}) }; drawConfiguration(); drawReport(); });
   model.on("change:table", () => { drawConfiguration(); drawAB(); });
   model.on("change:scenario", () => drawConfiguration());
   model.on("change:report", () => {

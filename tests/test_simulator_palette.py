@@ -1,0 +1,58 @@
+"""The simulator's colours stay apart for colour-blind readers.
+
+Each pair of colours that carries meaning side by side (frozen / trainable, the backward path,
+BatchNorm drift) is simulated for protanopia, deuteranopia and tritanopia (Machado, Oliveira and
+Fernandes 2009, severity 1, applied in linear RGB) and must stay at least 15 CIE76 units apart
+(about five times a just noticeable difference). The states are also said in words and frozen
+blocks are hatched, so colour is never the only cue; this keeps the colours from being a trap.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tlhelpers.simulator.palette import CONTRASTING, PALETTE
+
+MACHADO = {
+    "protanopia": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]],
+    "deuteranopia": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]],
+    "tritanopia": [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]],
+    "typical": np.eye(3).tolist(),
+}
+MINIMUM = 15.0
+CSS = Path(__file__).resolve().parents[1] / "tlhelpers" / "simulator" / "static" / "freeze_view.css"
+
+
+def linear(hex_colour: str) -> np.ndarray:
+    rgb = np.array([int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    return np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+
+
+def lab(rgb: np.ndarray) -> np.ndarray:
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ np.clip(rgb, 0, 1)
+    t = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+@pytest.mark.parametrize("vision", list(MACHADO))
+@pytest.mark.parametrize("first, second", CONTRASTING + [("gradient", "drift")])
+def test_colour_pairs_stay_apart(vision, first, second):
+    matrix = np.array(MACHADO[vision])
+    distance = np.linalg.norm(lab(matrix @ linear(PALETTE[first])) - lab(matrix @ linear(PALETTE[second])))
+    assert distance >= MINIMUM, f"{first} and {second} are only {distance:.1f} apart under {vision}"
+
+
+def test_red_and_green_would_fail():
+    """The check can fail: the classic red/green pair collapses for deuteranopes."""
+    matrix = np.array(MACHADO["deuteranopia"])
+    assert np.linalg.norm(lab(matrix @ linear("#d62728")) - lab(matrix @ linear("#2ca02c"))) < MINIMUM
+
+
+def test_the_stylesheet_falls_back_to_the_same_colours():
+    declared = dict(re.findall(r"--fv-(\w+):\s*(#[0-9a-fA-F]{6})", CSS.read_text()))
+    assert {k: v.lower() for k, v in declared.items()} == PALETTE
