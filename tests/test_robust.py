@@ -125,8 +125,9 @@ def test_accuracies_match_plain_evaluation(mobilenet_v2, digits):
     models.replace_head(mobilenet_v2, 10)
     torch.manual_seed(0)
     sets = {"clean": images, "dimmer": images * 0.5}
-    fast = robust.accuracies(mobilenet_v2, sets, labels, batch_size=16)
+    fast = robust.accuracies(mobilenet_v2, sets, labels, batch_size=16, fast=True)
     slow = robust.accuracies(mobilenet_v2, sets, labels, fast=False)
+    assert robust.accuracies(mobilenet_v2, sets, labels) == slow   # 80 inputs: below FAST_FROM, no fusing
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=16)
     assert fast == slow
     assert slow["clean"] == pytest.approx(predict(mobilenet_v2, loader).accuracy)
