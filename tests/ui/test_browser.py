@@ -136,7 +136,7 @@ def _toggle_and_step(page: Page, view: Locator, artifacts: Path, surface: str) -
     _wait_idle(view)
     names = view.locator(".fv-block").evaluate_all("(blocks) => blocks.map((b) => b.dataset.block)")
     handle = view.element_handle()
-    in_page, playwright_s, sent, after_frames = [], [], [], []
+    in_page, synchronous, playwright_s, sent, after_frames = [], [], [], [], []
     for index in range(TOGGLES):
         name = names[index % (len(names) - 1)]
         old_state = view.locator(f'.fv-block[data-block="{name}"]').get_attribute("data-state")
@@ -147,6 +147,7 @@ def _toggle_and_step(page: Page, view: Locator, artifacts: Path, surface: str) -
         assert result["receivedWhileDrawing"] == 0, "the redraw waited for the kernel"
         assert result["flow"] and result["backwardFlops"] >= 0
         in_page.append(result["paintedMs"])
+        synchronous.append(result["drawnMs"])
         sent.append(result["sentWhileDrawing"])
         time.sleep(0.6)
         after_frames.append(page.evaluate("window.__kernelFrames.received") - received_before)
@@ -161,6 +162,7 @@ def _toggle_and_step(page: Page, view: Locator, artifacts: Path, surface: str) -
         playwright_s.append((time.monotonic() - started) * 1000)
         time.sleep(0.3)
     _record(artifacts, surface, "toggle -> redrawn, in page (ms)", in_page)
+    _record(artifacts, surface, "toggle -> drawn, the widget's own JavaScript (ms)", synchronous)
     _record(artifacts, surface, "toggle -> redrawn, playwright click to DOM check (ms)", playwright_s)
     _record(artifacts, surface, "kernel frames sent by the browser within a toggle", sent)
     _record(artifacts, surface, "kernel frames received in the 0.6 s after a toggle", after_frames)

@@ -1,11 +1,19 @@
-"""The freeze-toggle simulator: freeze blocks of a real network, take a real step, see why.
+"""The freeze-toggle simulator: freeze blocks of a real network, take real steps, see why.
 
-* :class:`FreezeSim` (``sim.py``): pure PyTorch. Freeze/unfreeze blocks, ``step()`` runs one
-  forward/backward/optimizer step on a small real batch and returns a :class:`StepReport`.
-* :class:`FreezeView` (``view.py``): the ipywidgets face, for notebook 02 and the Voila page.
+* :class:`FreezeSim` (``sim.py``): pure PyTorch, no widget code. Freeze/unfreeze blocks;
+  ``step()`` runs one forward/backward/optimizer step on a small real batch and returns a
+  :class:`StepReport`. What a configuration costs is measured once per block
+  (``measure.py``) and summed for any configuration (``costs.py``).
+* :class:`FreezeView` (``view.py``): its face, an anywidget whose JavaScript and CSS ship in
+  ``static/``. Toggles redraw in the browser from the per-block table; steps, training, A/B,
+  the gradient ranking and the architecture picker run in the kernel. Notebook 02 embeds it;
+  ``notebooks/simulator.ipynb`` is the standalone (Voila) page, where ``scenario.py``'s
+  strings live in the page address.
+* :func:`save_snapshot` (``figure.py``, matplotlib only): the same state as a PNG for readers
+  without a kernel; ``python -m tlhelpers.simulator snapshot`` writes the course's copy.
 
 ``FreezeView`` and the drawing helpers are imported on first use, so ``FreezeSim`` works
-without loading ipywidgets or matplotlib.
+without loading ipywidgets, anywidget or matplotlib.
 """
 
 from tlhelpers.simulator.batch import Batch, default_batch

@@ -69,13 +69,13 @@ def resolve_blocks(model: nn.Module, blocks: Mapping[str, Sequence[str] | str]) 
     owner: dict[str, str] = {}
     for name, members in blocks.items():
         members = (members,) if isinstance(members, str) else tuple(members)
-        missing = [m for m in members
-                   if not isinstance(m, str) or (m not in modules and not any(_matches(p, m) for p in parameters))]
+        missing = [m for m in members if not isinstance(m, str)
+                   or (m not in modules and not any(_matches(p, m) for p in parameters))]
         if missing or not members:
             top = ", ".join(n for n, _ in model.named_children())
             direct = ", ".join(n for n, _ in model.named_parameters(recurse=False))
-            raise KeyError(f"Block {name!r} names module(s) or parameter(s) {missing or list(members)} that the "
-                           f"model does not have. Use dotted names; top-level modules are: {top}"
+            raise KeyError(f"Block {name!r} names module(s) or parameter(s) {missing or list(members)} that "
+                           f"the model does not have. Use dotted names; top-level modules are: {top}"
                            + (f"; parameters held by the model itself: {direct}" if direct else ""))
         owned = tuple(p for p in parameters if any(_matches(p, m) for m in members))
         if not owned:
@@ -170,8 +170,10 @@ def forward_layout(model: nn.Module, blocks: Sequence[Block], run_forward: Calla
     handles = []
     for block in blocks:
         for module_name in block.modules:
-            handles.append(model.get_submodule(module_name).register_forward_pre_hook(
-                lambda _m, _args, block=block.name, module=module_name: events.append(("call", block, module))))
+            def called(_module, _args, block=block.name, module=module_name):
+                events.append(("call", block, module))
+
+            handles.append(model.get_submodule(module_name).register_forward_pre_hook(called))
     try:
         with torch.no_grad(), _ParameterUses(owner, events):
             run_forward()
@@ -183,7 +185,8 @@ def forward_layout(model: nn.Module, blocks: Sequence[Block], run_forward: Calla
     unused = [b.name for b in blocks if not any(e[1] == b.name for e in events)]
     if unused:
         raise ValueError(f"Block(s) {', '.join(map(repr, unused))} take no part in the forward pass (their "
-                         "parameters are never used), so freezing them changes nothing; leave them out of blocks")
+                         "parameters are never used), so freezing them changes nothing; leave them out "
+                         "of blocks")
     starts: list[tuple[int, str, str]] = []  # (event index, block, entry module) of blocks with modules
     for index, (kind, block, module) in enumerate(events):
         if kind == "call" and block not in {s[1] for s in starts}:
@@ -200,9 +203,9 @@ def forward_layout(model: nn.Module, blocks: Sequence[Block], run_forward: Calla
         if block.is_parameter_block:
             if len(windows) > 1:
                 names = [starts[w][1] if w >= 0 else "the start of the forward pass" for w in sorted(windows)]
-                raise ValueError(f"Block {block.name!r} is used in several blocks' parts of the forward pass "
-                                 f"({', '.join(names)}); the simulator needs blocks that run one after another. "
-                                 "Put its parameters into one of those blocks.")
+                raise ValueError(f"Block {block.name!r} is used in several blocks' parts of the forward "
+                                 f"pass ({', '.join(names)}); the simulator needs blocks that run one after "
+                                 "another. Put its parameters into one of those blocks.")
             attached.setdefault(windows.pop(), []).append(block.name)
         else:
             own = next(i for i, s in enumerate(starts) if s[1] == block.name)
@@ -215,7 +218,8 @@ def forward_layout(model: nn.Module, blocks: Sequence[Block], run_forward: Calla
     for names in attached.values():  # parameter blocks in the order of their first use
         names.sort(key=lambda n: next(i for i, e in enumerate(events) if e[1] == n))
     segments = [Segment(None, None, tuple(attached.get(-1, [])))]
-    segments += [Segment(block, module, tuple(attached.get(i, []))) for i, (_, block, module) in enumerate(starts)]
+    segments += [Segment(block, module, tuple(attached.get(i, [])))
+                 for i, (_, block, module) in enumerate(starts)]
     order = tuple(name for segment in segments for name in segment.blocks)
     assert sorted(order) == sorted(by_name), (order, list(by_name))
     return Layout(order, tuple(segments))

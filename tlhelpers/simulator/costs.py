@@ -103,13 +103,15 @@ class CostTable:
 
     def missing(self, frozen_state: Mapping[str, str]) -> list[dict[int, str]]:
         """Passes of not yet measured cases for :meth:`possible_keys`, as ``measure_cases`` wants them."""
-        todo = [[k for k in keys if k not in self.cases[i]] for i, keys in enumerate(self.possible_keys(frozen_state))]
+        todo = [[k for k in keys if k not in self.cases[i]]
+                for i, keys in enumerate(self.possible_keys(frozen_state))]
         depth = max((len(keys) for keys in todo), default=0)
         return [{i: keys[j] for i, keys in enumerate(todo) if j < len(keys)} for j in range(depth)]
 
     def missing_for(self, states: Mapping[str, str]) -> list[dict[int, str]]:
         """The not yet measured cases one configuration needs, as one pass (or none)."""
-        wanted = {i: key for i, key in enumerate(self.keys(states)) if not is_idle(key) and key not in self.cases[i]}
+        wanted = {i: key for i, key in enumerate(self.keys(states))
+                  if not is_idle(key) and key not in self.cases[i]}
         return [wanted] if wanted else []
 
     def merge(self, measured: CaseMeasurement) -> None:
@@ -147,8 +149,8 @@ class CostTable:
         try:
             return self.cases[index][key]
         except KeyError:
-            raise KeyError(f"case {key!r} of segment {index} ({', '.join(self.segments[index]) or 'prelude'}) "
-                           "has not been measured yet") from None
+            where = ", ".join(self.segments[index]) or "prelude"
+            raise KeyError(f"case {key!r} of segment {index} ({where}) has not been measured yet") from None
 
     def to_json(self) -> dict:
         """The table as plain JSON for the browser (booleans as 0/1 to keep it small)."""
@@ -160,6 +162,7 @@ class CostTable:
                 {"blocks": list(blocks),
                  "inputBytes": list(self.input_bytes[i]) if i < len(self.input_bytes) else [],
                  "cases": {key: [c.backward_flops, c.own_bytes, [int(b) for b in c.saves_input],
-                                 [int(b) for b in c.saves_output]] for key, c in sorted(self.cases[i].items())}}
+                                 [int(b) for b in c.saves_output]]
+                           for key, c in sorted(self.cases[i].items())}}
                 for i, blocks in enumerate(self.segments)],
         }

@@ -29,6 +29,7 @@ FROZEN, TRAINABLE, GRADIENT = PALETTE["frozen"], PALETTE["trainable"], PALETTE["
 DRIFT, MUTED, BASELINE, INK = PALETTE["drift"], PALETTE["muted"], PALETTE["baseline"], PALETTE["ink"]
 STATE_WORDS = {"t": "trainable", "f": "frozen", "d": "frozen, BN drifts", "a": "frozen, norm trains"}
 DPI = 80  # figure inches * DPI = pixels; small enough for a notebook output
+ROUNDED = "round,pad=0,rounding_size=8"
 
 
 def human(value: float, unit: str = "") -> str:
@@ -79,36 +80,42 @@ def draw_diagram(ax, names: Sequence[str], states: dict[str, str], flow: Sequenc
             ax.annotate("", (xs[i] - 3, top + height / 2), (xs[i] - gap + 2, top + height / 2),
                         arrowprops=dict(arrowstyle="-|>", color="#8a8a8a", lw=1.2, shrinkA=0, shrinkB=0))
         if item in ("input", "loss"):
-            ax.add_patch(FancyBboxPatch((xs[i], top), widths[i], height, boxstyle="round,pad=0,rounding_size=8",
+            ax.add_patch(FancyBboxPatch((xs[i], top), widths[i], height, boxstyle=ROUNDED,
                                         facecolor="#f2f2f2", edgecolor="#9a9a9a"))
-            ax.text(cx, top + height / 2, item, ha="center", va="center", fontsize=9, fontweight="bold", color="#333333")
+            ax.text(cx, top + height / 2, item, ha="center", va="center", fontsize=9, fontweight="bold",
+                    color="#333333")
             continue
         state = states[item]
         face = TRAINABLE if state == "t" else FROZEN
         edge = GRADIENT if item in on_path else (DRIFT if state == "d" else face)
-        ax.add_patch(FancyBboxPatch((xs[i], top), widths[i], height, boxstyle="round,pad=0,rounding_size=8",
-                                    facecolor=face, edgecolor=edge, linewidth=2.2 if item in on_path else 1.5))
+        ax.add_patch(FancyBboxPatch((xs[i], top), widths[i], height, boxstyle=ROUNDED, facecolor=face,
+                                    edgecolor=edge, linewidth=2.2 if item in on_path else 1.5))
         if state != "t":  # hatched, as in the widget: frozen is not told by colour alone
-            ax.add_patch(FancyBboxPatch((xs[i], top), widths[i], height, boxstyle="round,pad=0,rounding_size=8",
-                                        facecolor="none", edgecolor="none", hatch="//", hatchcolor=(1, 1, 1, 0.3),
-                                        linewidth=0))
+            ax.add_patch(FancyBboxPatch((xs[i], top), widths[i], height, boxstyle=ROUNDED, facecolor="none",
+                                        edgecolor="none", hatch="//", hatchcolor=(1, 1, 1, 0.3), linewidth=0))
         if state == "a":
-            ax.add_patch(Rectangle((xs[i], top + height - 9), widths[i], 9, facecolor=TRAINABLE, edgecolor="none"))
+            ax.add_patch(Rectangle((xs[i], top + height - 9), widths[i], 9, facecolor=TRAINABLE,
+                                   edgecolor="none"))
         ax.text(cx, top + 17, item, ha="center", va="center", fontsize=9, fontweight="bold", color="white")
-        word = STATE_WORDS[state].replace("frozen, ", "")
-        ax.text(cx, top + 32, ("❄ " if state != "t" else "") + word, ha="center", va="center", fontsize=7.5, color="white")
+        word = ("❄ " if state != "t" else "") + STATE_WORDS[state].replace("frozen, ", "")
+        ax.text(cx, top + 32, word, ha="center", va="center", fontsize=7.5, color="white")
+        note = None
         if item in passing:
-            ax.text(cx, line_y + 17, "pass-through", ha="center", va="center", fontsize=7.5, color=GRADIENT, fontweight="bold")
+            note = ("pass-through", GRADIENT, "bold", "normal")
         elif item in on_path:
-            ax.text(cx, line_y + 17, "∇ weights", ha="center", va="center", fontsize=7.5, color=GRADIENT, fontweight="bold")
+            note = ("∇ weights", GRADIENT, "bold", "normal")
         elif item == stop_at:
-            ax.text(cx, line_y + 17, "✕ stops here", ha="center", va="center", fontsize=7.5, color=MUTED, style="italic")
+            note = ("✕ stops here", MUTED, "normal", "italic")
+        if note:
+            ax.text(cx, line_y + 17, note[0], ha="center", va="center", fontsize=7.5, color=note[1],
+                    fontweight=note[2], style=note[3])
     end = xs[-1] + widths[-1] / 2
     if flow:
         earliest = items.index(flow[-1])
-        ax.add_patch(FancyArrowPatch((end, line_y), (xs[earliest] + 4, line_y), arrowstyle="-|>", mutation_scale=12,
-                                     color=GRADIENT, linewidth=2.6, shrinkA=0, shrinkB=0))
-        ax.text(end, line_y - 7, "backward", ha="right", va="center", fontsize=7.5, color=GRADIENT, fontweight="bold")
+        ax.add_patch(FancyArrowPatch((end, line_y), (xs[earliest] + 4, line_y), arrowstyle="-|>",
+                                     mutation_scale=12, color=GRADIENT, linewidth=2.6, shrinkA=0, shrinkB=0))
+        ax.text(end, line_y - 7, "backward", ha="right", va="center", fontsize=7.5, color=GRADIENT,
+                fontweight="bold")
     else:
         ax.text(end, line_y, "no backward pass: nothing trains", ha="right", va="center", fontsize=7.5,
                 color=MUTED, style="italic")
@@ -118,7 +125,8 @@ def _cost_rows(ax, rows: list[tuple[str, float, float, str, str]]) -> None:
     ax.axis("off")
     ax.set_xlim(0, 1)
     ax.set_ylim(len(rows) + 0.2, -0.8)
-    ax.text(0, -0.45, "This configuration vs. training everything", fontsize=9, fontweight="bold", va="center", color=INK)
+    ax.text(0, -0.45, "This configuration vs. training everything", fontsize=9, fontweight="bold",
+            va="center", color=INK)
     for y, (label, value, reference, unit, detail) in enumerate(rows):
         share = min(1.0, value / reference) if reference else 0.0
         ax.text(0, y + 0.1, label, fontsize=8.5, va="center", color=INK)
@@ -131,7 +139,8 @@ def _cost_rows(ax, rows: list[tuple[str, float, float, str, str]]) -> None:
 
 def _bar(ax, x: float, y: float, width: float, share: float, colour: str) -> None:
     ax.add_patch(Rectangle((x, y - 0.3), width, 0.6, facecolor=BASELINE, edgecolor="none"))
-    ax.add_patch(Rectangle((x, y - 0.3), width * max(0.0, min(1.0, share)), 0.6, facecolor=colour, edgecolor="none"))
+    share = max(0.0, min(1.0, share))
+    ax.add_patch(Rectangle((x, y - 0.3), width * share, 0.6, facecolor=colour, edgecolor="none"))
 
 
 def _short(value: float | None) -> str:
@@ -152,16 +161,17 @@ def _block_table(ax, names: Sequence[str], states: dict[str, str], sim: FreezeSi
     for x, text in headers:
         ax.text(x, -0.6, text, fontsize=7.5, fontweight="bold", va="center", color=INK)
     report = sim.history[-1] if sim.history else None
-    grads = [b.grad_norm or 0 for b in report.blocks.values()] if report else [0]
-    changes = ([b.weight_delta for b in report.blocks.values()] + [b.bn_drift for b in report.blocks.values()]) if report else [0]
+    rows = list(report.blocks.values()) if report else []
+    grads = [b.grad_norm or 0 for b in rows] or [0]
+    changes = [b.weight_delta for b in rows] + [b.bn_drift for b in rows] or [0]
     top_grad, top_change = max(grads), max(changes)
     paths = {name: [r.blocks[name].distance for r in sim.history] for name in names}
     top_distance = max([v for p in paths.values() for v in p] + [0])
     for y, name in enumerate(names):
         state = states[name]
         ax.text(0, y, name, fontsize=8, fontweight="bold", va="center", color=INK)
-        ax.text(17, y, STATE_WORDS[state], fontsize=7.5, va="center", color=TRAINABLE if state == "t" else FROZEN,
-                fontweight="bold")
+        ax.text(17, y, STATE_WORDS[state], fontsize=7.5, va="center", fontweight="bold",
+                color=TRAINABLE if state == "t" else FROZEN)
         if report is None:
             continue
         row = report.blocks[name]
@@ -169,12 +179,15 @@ def _block_table(ax, names: Sequence[str], states: dict[str, str], sim: FreezeSi
         if row.grad_norm and top_grad:
             share = max(0.04, 1 + math.log10(max(row.grad_norm, top_grad * 1e-4) / top_grad) / 4)
         _bar(ax, 33, y, 8, share, GRADIENT)
-        grad_text = _short(row.grad_norm) if row.grad_norm is not None else ("none · pass-through" if row.pass_through else "none")
+        if row.grad_norm is not None:
+            grad_text = _short(row.grad_norm)
+        else:
+            grad_text = "none · pass-through" if row.pass_through else "none"
         ax.text(42, y, grad_text, fontsize=7, va="center", color=INK)
         moved = row.moved_while_frozen
         _bar(ax, 52, y, 8, row.weight_delta / top_change if top_change else 0, GRADIENT if moved else TRAINABLE)
-        ax.text(61, y, _short(row.weight_delta) + ("  moved while frozen!" if moved else ""), fontsize=7, va="center",
-                color=GRADIENT if moved else INK)
+        ax.text(61, y, _short(row.weight_delta) + ("  moved while frozen!" if moved else ""), fontsize=7,
+                va="center", color=GRADIENT if moved else INK)
         _bar(ax, 72, y, 6, row.bn_drift / top_change if top_change else 0, DRIFT)
         if row.bn_drift:
             ax.text(79, y, _short(row.bn_drift), fontsize=7, va="center", color=INK)
@@ -191,7 +204,8 @@ def _block_table(ax, names: Sequence[str], states: dict[str, str], sim: FreezeSi
 def _loss_curve(ax, sim: FreezeSim) -> None:
     ax.set_title("loss per step", fontsize=8.5, loc="left", color=INK)
     if not sim.history:
-        ax.text(0.5, 0.5, "train to see the loss", transform=ax.transAxes, ha="center", va="center", fontsize=8, color=MUTED)
+        ax.text(0.5, 0.5, "train to see the loss", transform=ax.transAxes, ha="center", va="center", fontsize=8,
+                color=MUTED)
         ax.set_xticks([])
         ax.set_yticks([])
         return
@@ -204,7 +218,8 @@ def _loss_curve(ax, sim: FreezeSim) -> None:
         ax.spines[side].set_visible(False)
 
 
-def snapshot_figure(sim: FreezeSim, arch: str | None = None, note: str | None = None, width: float = 11.0) -> Figure:
+def snapshot_figure(sim: FreezeSim, arch: str | None = None, note: str | None = None,
+                    width: float = 11.0) -> Figure:
     """The simulator's current state (configuration, costs, last step, history) as one figure."""
     names = sim.block_names
     states = sim.block_states()
@@ -219,14 +234,17 @@ def snapshot_figure(sim: FreezeSim, arch: str | None = None, note: str | None = 
     fig = Figure(figsize=(width, height), dpi=DPI, facecolor="white")
     y = height
     title = f"Freeze simulator · {arch or type(sim.model).__name__}"
-    title += f" · step {sim.step_count}: loss {sim.history[-1].loss:.3f}" if sim.history else " · step 0: nothing trained yet"
+    if sim.history:
+        title += f" · step {sim.step_count}: loss {sim.history[-1].loss:.3f}"
+    else:
+        title += " · step 0: nothing trained yet"
     fig.text(0.012, 1 - 0.2 / height, title, fontsize=11, fontweight="bold", va="center", color=INK)
     if note:
         fig.text(0.012, 1 - 0.42 / height, note, fontsize=8, va="center",
                  color=GRADIENT if note.startswith("random") else MUTED)
     y -= 0.55
-    draw_diagram(fig.add_axes((0.01, (y - diagram_h) / height, 0.98 * min(1.0, diagram_w / 880), diagram_h / height)),
-                 names, states, cost.flow, cost.stop_at, cost.pass_through)
+    box = (0.01, (y - diagram_h) / height, 0.98 * min(1.0, diagram_w / 880), diagram_h / height)
+    draw_diagram(fig.add_axes(box), names, states, cost.flow, cost.stop_at, cost.pass_through)
     y -= diagram_h
     sentence = describe_flow(cost.flow, cost.stop_at)
     fig.text(0.012, (y - 0.15) / height, sentence[0].upper() + sentence[1:], fontsize=9.5, fontweight="bold",

@@ -116,7 +116,8 @@ def measure_cost(model: nn.Module, compute_loss: Callable[[], torch.Tensor],
     ``blocks`` are the simulator's blocks in forward order, ``layout`` where they run. A block
     is *reached* when a gradient arrives at the output of one of its modules or at one of its
     parameters; a reached block without trainable parameters whose input requires a gradient
-    is *pass-through* (backward computes its input's gradient). Saved activation bytes count each storage autograd keeps for backward
+    is *pass-through* (backward computes its input's gradient). Saved activation bytes count
+    each storage autograd keeps for backward
     once, leaving out parameters and buffers (they are in memory anyway).
     """
     start = time.perf_counter()
@@ -345,11 +346,12 @@ def measure_cases(model: nn.Module, compute_loss: Callable[[], torch.Tensor], bl
                 flops = 0
                 if outputs and inputs:
                     with flop_counter() as backward_counter:
-                        torch.autograd.grad(outputs, inputs, grad_outputs=[torch.ones_like(t) for t in outputs],
-                                            allow_unused=True, retain_graph=False)
+                        torch.autograd.grad(outputs, inputs, allow_unused=True,
+                                            grad_outputs=[torch.ones_like(t) for t in outputs])
                     flops = int(backward_counter.get_total_flops())
                 borders_in = [_storage_key(t) for t in raw_inputs.get(index, [])]
-                borders_out = [_storage_key(t) for t in outputs_of(index)] if index + 1 < len(segments) else []
+                last_segment = index + 1 == len(segments)
+                borders_out = [] if last_segment else [_storage_key(t) for t in outputs_of(index)]
                 mine = saved[index]
                 own = sum(size for storage, size in mine.items()
                           if storage not in borders_in and storage not in borders_out)

@@ -140,7 +140,8 @@ class StepReport:
     @property
     def drifted_while_frozen(self) -> list[str]:
         """Frozen blocks with nothing trainable whose BatchNorm running statistics changed."""
-        return [b.name for b in self.blocks.values() if b.frozen and not b.trainable_params and b.bn_drift > 0.0]
+        return [b.name for b in self.blocks.values()
+                if b.frozen and not b.trainable_params and b.bn_drift > 0.0]
 
     def flow_sentence(self, arrow: str = "->") -> str:
         """e.g. "gradients flow through classifier -> head_conv -> stage5 and stop at stage4"."""

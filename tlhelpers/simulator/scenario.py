@@ -21,7 +21,8 @@ from typing import Mapping
 from urllib.parse import quote, unquote
 
 #: Scenario switch names -> FreezeSim state keys.
-SWITCHES = {"bn_train": "bn_train_when_frozen", "stale": "stale_gradients", "norm_affine": "train_norm_affine"}
+SWITCHES = {"bn_train": "bn_train_when_frozen", "stale": "stale_gradients",
+            "norm_affine": "train_norm_affine"}
 KEYS = ("arch", "frozen", "seed", "opt", "switches")
 
 
@@ -85,7 +86,8 @@ def decode(text: str) -> tuple[str | None, dict]:
         try:
             numbers = [float(p) for p in parts[1:]]
         except ValueError:
-            raise ScenarioError(f"opt must read sgd,<lr>,<momentum> or adam,<lr>; got {fields['opt']!r}") from None
+            raise ScenarioError(f"opt must read sgd,<lr>,<momentum> or adam,<lr>; "
+                                f"got {fields['opt']!r}") from None
         if parts[0] == "sgd" and len(numbers) == 2:
             state.update(optimizer="sgd", lr=numbers[0], momentum=numbers[1])
         elif parts[0] == "adam" and len(numbers) == 1:

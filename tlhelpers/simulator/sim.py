@@ -268,7 +268,10 @@ class FreezeSim:
         named = dict(self.model.named_parameters())
         chosen = []
         for name, state in states.items():
-            names = self._blocks[name].parameters if state == "t" else self._norm_params[name] if state == "a" else ()
+            if state == "t":
+                names = self._blocks[name].parameters
+            else:
+                names = self._norm_params[name] if state == "a" else ()
             chosen.extend((p, named[p]) for p in names)
         return chosen
 
@@ -636,7 +639,8 @@ class FreezeSim:
         trainable = [p for p in params if p.requires_grad]
         grads = [p.grad.detach() for p in trainable if p.grad is not None]
         deltas = [p.detach() - before[id(p)] for p in params if id(p) in before]
-        frozen_deltas = [p.detach() - before[id(p)] for p in params if id(p) in before and not p.requires_grad]
+        frozen_deltas = [p.detach() - before[id(p)] for p in params
+                         if id(p) in before and not p.requires_grad]
         after = [m.running_mean for m in self._bn_layers[name] if m.training]
         drifts = [a - b for a, b in zip(after, bn_before)]
         weight = _norm([p.detach() for p in trainable])

@@ -249,10 +249,12 @@ class FreezeView(anywidget.AnyWidget):
 
     def _summary(self, state: dict, label: str) -> dict:
         """Costs of a scenario state, summed from the table (the same numbers the browser shows)."""
-        states = self.sim.states_for(state["frozen"], state["bn_train_when_frozen"], state["train_norm_affine"])
+        states = self.sim.states_for(state["frozen"], state["bn_train_when_frozen"],
+                                     state["train_norm_affine"])
         cost = self.sim.cost(states)
         return {"label": label, "state": state, "scenario": scenario.encode(self.arch, state),
-                "backwardFlops": cost.backward_flops, "memory": sum(self.sim.training_memory(states).values()),
+                "backwardFlops": cost.backward_flops,
+                "memory": sum(self.sim.training_memory(states).values()),
                 "trainable": self.sim.trainable_params(states), "flow": cost.flow_sentence()}
 
     def _label(self, state: dict) -> str:
@@ -335,5 +337,6 @@ class FreezeView(anywidget.AnyWidget):
         data, metadata = bundle
         from tlhelpers.simulator.figure import snapshot_png
 
-        data["image/png"] = base64.b64encode(snapshot_png(self.sim, arch=self.arch, note=self.weights_note)).decode()
+        png = snapshot_png(self.sim, arch=self.arch, note=self.weights_note)
+        data["image/png"] = base64.b64encode(png).decode()
         return data, metadata

@@ -322,7 +322,7 @@ function render({ model, el }) {
     const isFrozen = view.frozen.includes(name);
     view.frozen = isFrozen ? view.frozen.filter((b) => b !== name) : [...view.frozen, name];
     drawConfiguration();
-    drawReport();
+    drawStates();
     markDrawn("toggle", started);
     commitConfiguration();
   }
@@ -335,7 +335,7 @@ function render({ model, el }) {
     view.frozen = chosen.frozen;
     Object.assign(view.switches, chosen.switches);
     drawConfiguration();
-    drawReport();
+    drawStates();
     markDrawn("preset", started);
     commitConfiguration();
   }
@@ -345,7 +345,7 @@ function render({ model, el }) {
     const started = performance.now();
     view.switches[key] = value;
     drawConfiguration();
-    drawReport();
+    drawStates();
     markDrawn("switch", started);
     commitConfiguration();
   }
@@ -590,11 +590,10 @@ function render({ model, el }) {
     summary.dataset.backwardFlops = report.step ? String(report.backwardFlops) : "";
     summary.dataset.saved = report.step ? String(report.saved) : "";
     if (report.step) {
-      const changed = order().some((b) => (report.frozen || []).includes(b) !== view.frozen.includes(b));
       summary.replaceChildren(h("b", {}, "Step ", h("span", { class: "fv-step-number" }, String(report.step))),
         `: loss ${report.loss.toFixed(3)}, the step took ${Math.round(report.stepMs)} ms in the kernel` +
-        (report.measureMs ? ` (+${Math.round(report.measureMs)} ms measuring the blocks once)` : "") + "." +
-        (changed ? " The table shows that step; you have changed the configuration since." : ""));
+        (report.measureMs ? ` (+${Math.round(report.measureMs)} ms measuring the blocks once)` : "") + ".",
+        h("span", { class: "fv-changed" }));
     } else {
       summary.replaceChildren(h("b", {}, "Step ", h("span", { class: "fv-step-number" }, String(report.step || 0))),
         ": nothing trained yet. Choose what to freeze, then press Train step.");
@@ -609,7 +608,26 @@ function render({ model, el }) {
     if (view.switches.stale_gradients && !(report.movedWhileFrozen || []).length) notes.push(h("p", {},
       "Stale gradients are on: a block moves while frozen only if it trained before. Train a step, freeze a block, step again."));
     warnings.replaceChildren(...notes);
+    drawStates();
     drawLoss(history);
+  }
+
+  /** After a toggle: the table's state words and the summary follow the new configuration;
+   *  its numbers stay those of the last step. */
+  function drawStates() {
+    const st = states();
+    for (const row of table.querySelectorAll("tbody tr[data-block]")) {
+      const state = st[row.dataset.block];
+      row.className = `fv-row-${state}`;
+      const word = row.querySelector(".fv-state-word");
+      word.textContent = STATE_WORDS[state];
+      word.className = `fv-state-word fv-word-${state}`;
+      row.querySelector(".fv-spark")?.setAttribute("class", `fv-spark fv-spark-${state === "t" ? "t" : "f"}`);
+    }
+    const report = get("report") || {};
+    const changed = report.step && order().some((b) => (report.frozen || []).includes(b) !== view.frozen.includes(b));
+    const note = summary.querySelector(".fv-changed");
+    if (note) note.textContent = changed ? " The table shows that step; you have changed the configuration since." : "";
   }
 
   function drawLossChart(series, title) {
@@ -676,6 +694,8 @@ function render({ model, el }) {
   }
 
   // ------------------------------------------------------------------ animation
+  /** Dots travel from the loss back along the path and stop at the earliest block on it; they
+   *  go round again while the kernel is still stepping, and fade out once it has answered. */
   function startDots() {
     stopDots();
     const layer = diagramBox.querySelector(".fv-dots");
@@ -683,25 +703,21 @@ function render({ model, el }) {
     const { startX, endX, y } = view.path;
     const dots = [0, 1, 2, 3].map(() => s("circle", { r: 4.5, cy: y, cx: startX, class: "fv-dot" }));
     layer.replaceChildren(...dots);
-    const duration = 700;
+    const duration = 700, stagger = 110, linger = 500;
     const began = performance.now();
     const frame = (now) => {
       const t = now - began;
       dots.forEach((dot, i) => {
-        const local = Math.min(1, Math.max(0, (t - i * 110) / duration));
+        const local = Math.min(1, Math.max(0, (t - i * stagger) / duration));
         dot.setAttribute("cx", String(startX + (endX - startX) * local));
-        dot.setAttribute("opacity", local >= 1 ? "0.35" : "1");
+        dot.setAttribute("opacity", local >= 1 ? "0.45" : "1");
       });
-      const finished = t > duration + 3 * 110;
-      if (finished && view.pending && view.pending.kind === "step") {
-        view.animation = requestAnimationFrame((n) => { startDotsFrom(n); });
-      } else if (!finished) {
-        view.animation = requestAnimationFrame(frame);
-      } else {
-        view.animation = null;
-      }
+      const arrived = t > duration + 3 * stagger;
+      const stepping = view.pending && view.pending.kind === "step";
+      if (arrived && stepping) startDots();
+      else if (arrived && t > duration + 3 * stagger + linger) { layer.replaceChildren(); view.animation = null; }
+      else view.animation = requestAnimationFrame(frame);
     };
-    const startDotsFrom = () => startDots();
     view.animation = requestAnimationFrame(frame);
   }
 
@@ -745,8 +761,8 @@ function render({ model, el }) {
     drawAB();
   }
 
-  model.on("change:frozen", () => { view.frozen = get("frozen") || []; drawConfiguration(); drawReport(); drawAB(); });
-  model.on("change:switches", () => { view.switches = { ...(get("switches") || {}) }; drawConfiguration(); drawReport(); });
+  model.on("change:frozen", () => { view.frozen = get("frozen") || []; drawConfiguration(); drawStates(); drawAB(); });
+  model.on("change:switches", () => { view.switches = { ...(get("switches") || {}) }; drawConfiguration(); drawStates(); });
   model.on("change:table", () => { drawConfiguration(); drawAB(); });
   model.on("change:scenario", () => drawConfiguration());
   model.on("change:report", () => {
