@@ -278,14 +278,29 @@ def test_hymenoptera_partial_download_leaves_nothing(isolated_data_dir, photo_tr
 
 
 def test_hymenoptera_download_unpacks_into_the_imagefolder_layout(isolated_data_dir, photo_tree, monkeypatch):
+    import hashlib
     import urllib.request
 
     archive = _zip_of(photo_tree)
+    monkeypatch.setattr(data, "HYMENOPTERA_SHA256", hashlib.sha256(archive).hexdigest())  # our stand-in zip
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(archive))
     train = data.load_dataset("hymenoptera", "train")
     assert train.classes == ["cat", "coffee"] and len(train) == 6
     assert (isolated_data_dir / "hymenoptera_data" / "val" / "coffee" / "coffee1.png").is_file()
     assert [p.name for p in isolated_data_dir.iterdir()] == ["hymenoptera_data"]  # no archive, no temp
+
+
+@pytest.mark.parametrize("payload", ["a valid zip", "an HTML page"])
+def test_a_hymenoptera_download_with_another_checksum_leaves_nothing(payload, isolated_data_dir, photo_tree,
+                                                                     monkeypatch, files_under):
+    """A complete download that is not the published file (a proxy's page, a changed zip) is refused."""
+    import urllib.request
+
+    body = _zip_of(photo_tree) if payload == "a valid zip" else b"<html>sign in to the network</html>"
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(body))
+    with pytest.raises(data.DatasetUnavailableError, match=f"sha256 .* not the published {data.HYMENOPTERA_SHA256}"):
+        data.load_dataset("hymenoptera", "train")
+    assert files_under(isolated_data_dir) == []
 
 
 # --------------------------------------------------------------------------- few-shot

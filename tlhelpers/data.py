@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from tlhelpers.files import AssetError, atomic_write, md5_of, sha256_of
+from tlhelpers.files import AssetError, atomic_write, sha256_of
 
 #: The per-channel mean and std every torchvision ImageNet model normalises its inputs with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,6 +44,9 @@ SPLITS = ("train", "val")
 DATASETS = ("fashion-mnist", "digits", "imagefolder", "hymenoptera")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
+#: The zip's published sha256 (pytorch/tutorials, .jenkins/download_data.py line 76, commit
+#: 2286ae1): the tutorials' own downloader checks it. No md5 is published for this file.
+HYMENOPTERA_SHA256 = "fbc41b31d544714d18dd1230b1e2b455e1557766e13e67f9f5a7a23af7c02209"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 #: sha256 of the decompressed IDX files (identical to torchvision's after gunzip).
@@ -286,25 +289,34 @@ def _check_same_classes(root: Path) -> None:
 
 
 def _hymenoptera_root(download: bool = True) -> Path:
+    """``data/hymenoptera_data``, downloaded, checked (sha256) and unpacked on first use.
+
+    The archive goes to a temporary folder inside the data folder; only a complete download
+    with the published sha256 is unpacked, and the unpacked tree is renamed into place in one
+    step, so a failed or wrong download leaves nothing in ``data/``.
+    """
     root = data_dir() / "hymenoptera_data"
     if (root / "train").is_dir() and (root / "val").is_dir():
         return root
     tried = [f"{root} (not there)"]
     created = _missing_dirs(data_dir())
     if download:
-        archive = data_dir() / "hymenoptera_data.zip.partial"
         try:
             data_dir().mkdir(parents=True, exist_ok=True)
-            with urllib.request.urlopen(HYMENOPTERA_URL, timeout=30) as response, open(archive, "wb") as out:
-                shutil.copyfileobj(response, out)
-            with zipfile.ZipFile(archive) as zipped, tempfile.TemporaryDirectory(dir=data_dir()) as tmp:
-                zipped.extractall(tmp)
-                os.replace(Path(tmp) / "hymenoptera_data", root)
+            with tempfile.TemporaryDirectory(dir=data_dir(), prefix=".hymenoptera-") as tmp:
+                archive = Path(tmp) / "hymenoptera_data.zip"
+                with urllib.request.urlopen(HYMENOPTERA_URL, timeout=30) as response, open(archive, "wb") as out:
+                    shutil.copyfileobj(response, out)
+                digest = sha256_of(archive)
+                if digest != HYMENOPTERA_SHA256:
+                    raise ValueError(f"the downloaded file has sha256 {digest}, not the published "
+                                     f"{HYMENOPTERA_SHA256} (a proxy page, or a changed file?)")
+                with zipfile.ZipFile(archive) as zipped:
+                    zipped.extractall(Path(tmp) / "unpacked")
+                os.replace(Path(tmp) / "unpacked" / "hymenoptera_data", root)
             return root
-        except Exception as error:
+        except Exception as error:  # no network, HTTP error, wrong checksum, broken zip, ...
             tried.append(f"download {HYMENOPTERA_URL}: {type(error).__name__}: {error}")
-        finally:
-            archive.unlink(missing_ok=True)
     _remove_empty(created)
     raise DatasetUnavailableError(
         "The ants/bees (hymenoptera) set is not available. Tried:\n  - " + "\n  - ".join(tried) +

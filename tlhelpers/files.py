@@ -32,15 +32,6 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def md5_of(path: str | Path) -> str:
-    """Hex md5 of a file (only to compare with checksums that publishers give as md5)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step.
