@@ -1,10 +1,10 @@
 """The simulator's default input: a small, seeded batch of real images at a CPU-friendly size.
 
 Eight Fashion-MNIST training images at 64x64 pixels, normalised with the ImageNet statistics
-that every torchvision ImageNet model expects. One step of MobileNetV2 with every block
-trainable on such a batch took 141 ms on two otherwise idle CPU cores and 0.4-1.1 s while
-other jobs kept both cores busy (load average 5); training the head alone, 115-185 ms on the
-busy machine. ``benchmarks/run.py --only simulator`` measures it again.
+that every torchvision ImageNet model expects. One step of MobileNetV2 on such a batch, on two
+CPU cores: every block trainable 141 ms when idle (``benchmarks/results.md``), 190 ms with a
+load average near 3, 0.4-1.1 s near 5; the head alone 37 ms near 3.
+``benchmarks/run.py --only simulator`` measures it again.
 """
 
 from __future__ import annotations

@@ -198,8 +198,10 @@ const PRESETS = [
   ["probe", "Linear probe", "Train the head only"],
   ["last", "Last block + head", "Train the head and the block before it"],
   ["lastk", "Last k blocks", "Train the last k blocks (head included)"],
-  ["affine", "Norm affine + head", "Parameter-efficient: the head plus every normalisation layer's scale and shift (BatchNorm/LayerNorm/GroupNorm)"],
-  ["first", "First block only", "Surgical fine-tuning of the first block (Lee et al. 2023); the new head stays random here"],
+  ["affine", "Norm affine + head",
+    "Parameter-efficient: the head plus every normalisation layer's scale and shift (BatchNorm, LayerNorm, GroupNorm)"],
+  ["first", "First block only",
+    "Surgical fine-tuning of the first block (Lee et al. 2023); the new head stays random here"],
   ["all", "Everything", "Fine-tune every block"],
 ];
 
@@ -246,10 +248,12 @@ function render({ model, el }) {
   const flowLine = h("p", { class: "fv-flow" });
   const costs = h("div", { class: "fv-costs" });
 
-  const stepButton = h("button", { type: "button", class: "fv-button fv-primary fv-step", onclick: () => act("step") }, "Train step");
-  const trainButton = h("button", { type: "button", class: "fv-button fv-train", onclick: () => act("train", { steps: 10 }) }, "Train 10 steps");
-  const resetButton = h("button", { type: "button", class: "fv-button fv-reset", onclick: () => act("reset") }, "Reset");
-  const rankButton = h("button", { type: "button", class: "fv-button fv-rank", title: "One full backward pass with every block trainable, nothing updated", onclick: () => act("rank") }, "Rank blocks by |g|/|w|");
+  const button = (cls, label, onclick, title) => h("button", { type: "button", class: `fv-button ${cls}`, onclick, title }, label);
+  const stepButton = button("fv-primary fv-step", "Train step", () => act("step"), "One real step in the kernel");
+  const trainButton = button("fv-train", "Train 10 steps", () => act("train", { steps: 10 }));
+  const resetButton = button("fv-reset", "Reset", () => act("reset"), "Weights, optimizer and steps back to the start");
+  const rankButton = button("fv-rank", "Rank blocks by |g|/|w|", () => act("rank"),
+    "One full backward pass with every block trainable; nothing is updated");
   const switchBoxes = {};
   const switchRow = h("div", { class: "fv-switches" }, SWITCHES.map(([key, label]) => {
     const box = h("input", { type: "checkbox", class: `fv-switch fv-switch-${key}`, onchange: () => setSwitch(key, box.checked) });
@@ -272,18 +276,20 @@ function render({ model, el }) {
   const panels = h("div", { class: "fv-panels" }, h("div", { class: "fv-table-box" }, table, ranking), loss);
 
   const abSteps = h("input", { type: "number", min: "1", value: "10", class: "fv-ab-steps", "aria-label": "Steps for A/B" });
-  const pinButton = h("button", { type: "button", class: "fv-button fv-pin", onclick: () => act("pin") }, "Pin as A");
-  const compareButton = h("button", { type: "button", class: "fv-button fv-compare", onclick: () => act("compare", { steps: Number(abSteps.value) || 10 }) }, "Run A vs B");
+  const pinButton = button("fv-pin", "Pin as A", () => act("pin"), "Keep this configuration as A");
+  const compareButton = button("fv-compare", "Run A vs B", () => act("compare", { steps: Number(abSteps.value) || 10 }),
+    "Train A and the current configuration B from the same start, on the same batch and seed");
   const abBody = h("div", { class: "fv-ab-body" });
   const ab = h("div", { class: "fv-ab" }, h("div", { class: "fv-row" }, h("span", { class: "fv-label" }, "A/B"),
     pinButton, compareButton, h("label", {}, "steps ", abSteps)), abBody);
 
   const scenarioOut = h("input", { class: "fv-scenario", readonly: true, "aria-label": "Scenario string" });
-  const copyButton = h("button", { type: "button", class: "fv-button fv-copy", onclick: copyScenario }, "Copy");
+  const copyButton = button("fv-copy", "Copy", copyScenario);
   const pasteIn = h("input", { class: "fv-paste", placeholder: "paste a scenario or link", "aria-label": "Paste a scenario",
     onkeydown: (e) => { if (e.key === "Enter") openScenario(); } });
-  const openButton = h("button", { type: "button", class: "fv-button fv-open", onclick: openScenario }, "Open");
-  const share = h("div", { class: "fv-row fv-share" }, h("span", { class: "fv-label" }, "Scenario"), scenarioOut, copyButton, pasteIn, openButton);
+  const openButton = button("fv-open", "Open", openScenario, "Put the simulator in the pasted scenario");
+  const share = h("div", { class: "fv-row fv-share" }, h("span", { class: "fv-label" }, "Scenario"),
+    scenarioOut, copyButton, pasteIn, openButton);
   const error = h("div", { class: "fv-error", role: "alert" });
 
   root.append(top, presetRow, diagramBox, flowLine, costs, controls, switchRow, summary, warnings, panels, ab, share, error);
@@ -573,7 +579,8 @@ function render({ model, el }) {
             h("span", { class: "fv-num" }, r ? (r.gradNorm === null ? (r.passThrough ? "none · pass-through" : "none") : fmt(r.gradNorm)) : "")),
           h("td", {}, bar(`${name}:delta`, r ? r.weightDelta : 0, topDelta, r && r.movedWhileFrozen ? "fv-fill-alarm" : "fv-fill-train"),
             h("span", { class: "fv-num" }, r ? fmt(r.weightDelta) : ""), note),
-          h("td", {}, bar(`${name}:drift`, r ? r.bnDrift : 0, topDelta, "fv-fill-drift"), h("span", { class: "fv-num" }, r && r.bnDrift ? fmt(r.bnDrift) : ""), drift),
+          h("td", {}, bar(`${name}:drift`, r ? r.bnDrift : 0, topDelta, "fv-fill-drift"),
+            h("span", { class: "fv-num" }, r && r.bnDrift ? fmt(r.bnDrift) : ""), drift),
           h("td", {}, sparkline(distances[name] || [], topDistance, state), h("span", { class: "fv-num" },
             history.length ? fmt(distances[name][distances[name].length - 1]) : "")),
           h("td", {}, rankOf[name] ? [bar(`${name}:rank`, rank.values[name], topRank, "fv-fill-rank"),
@@ -664,7 +671,8 @@ function render({ model, el }) {
     const pinned = get("pinned") || {};
     const cmp = get("comparison") || {};
     if (!pinned.scenario) {
-      abBody.replaceChildren(h("p", { class: "fv-hint" }, "Pin the current configuration as A, change it (that is B), then run both from the same start on the same batch and seed."));
+      abBody.replaceChildren(h("p", { class: "fv-hint" }, "Pin the current configuration as A, change it (that is B), " +
+        "then run both from the same start on the same batch and seed."));
       return;
     }
     const st = states();
@@ -673,9 +681,11 @@ function render({ model, el }) {
     const nowCost = configurationCost(tab, st);
     const bMem = trainingMemory(blocks(), st, nowCost.saved, slots);
     const a = cmp.a || pinned;
-    const b = cmp.b && cmp.b.scenario === scenarioOut.value ? cmp.b : { label: "current configuration", backwardFlops: nowCost.backwardFlops, memory: bMem.total, trainable: bMem.trainable };
+    const b = cmp.b && cmp.b.scenario === scenarioOut.value ? cmp.b
+      : { label: "current configuration", backwardFlops: nowCost.backwardFlops, memory: bMem.total, trainable: bMem.trainable };
     const row = (label, key, fmtValue) => h("tr", {}, h("th", { scope: "row" }, label),
-      h("td", { class: "fv-ab-a" }, a[key] === undefined ? "—" : fmtValue(a[key])), h("td", { class: "fv-ab-b" }, b[key] === undefined ? "—" : fmtValue(b[key])));
+      h("td", { class: "fv-ab-a" }, a[key] === undefined ? "—" : fmtValue(a[key])),
+      h("td", { class: "fv-ab-b" }, b[key] === undefined ? "—" : fmtValue(b[key])));
     const steps = cmp.steps;
     const tableAB = h("table", { class: "fv-ab-table" },
       h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", { scope: "col" }, "A (pinned)"), h("th", { scope: "col" }, "B (now)"))),
@@ -730,7 +740,9 @@ function render({ model, el }) {
   function drawStatic() {
     const options = get("arch_options") || [];
     archSelect.replaceChildren(...options.map((o) => h("option", { value: o.name, selected: o.name === get("arch") }, o.label)));
-    if (!options.some((o) => o.name === get("arch"))) archSelect.prepend(h("option", { value: get("arch"), selected: true }, get("arch") || "custom model"));
+    if (!options.some((o) => o.name === get("arch"))) {
+      archSelect.prepend(h("option", { value: get("arch"), selected: true }, get("arch") || "custom model"));
+    }
     archSelect.onchange = () => act("arch", { name: archSelect.value });
     weightsNote.textContent = get("weights_note") || "";
     weightsNote.classList.toggle("fv-random", (get("weights_note") || "").startsWith("random"));
