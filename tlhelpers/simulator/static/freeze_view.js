@@ -386,10 +386,18 @@ function render({ model, el }) {
     flowLine.dataset.sentence = sentence;
     drawCosts(st, table_);
     for (const [key, box] of Object.entries(switchBoxes)) box.checked = Boolean(view.switches[key]);
+    drawScenario();
+  }
+
+  /** The scenario string, and in a Voila page the address, for what is drawn now. */
+  function drawScenario() {
     const scenario = scenarioWith(get("scenario") || "", order(), view.frozen, view.switches);
+    if (scenario === scenarioOut.value) return;
     scenarioOut.value = scenario;
     if (get("url_state") && document.body && document.body.dataset.voila !== undefined && scenario) {
-      history.replaceState(null, "", `${location.pathname}?${scenario}`);
+      // Off the click's path (replaceState can take ~10 ms): the address follows a moment later.
+      clearTimeout(view.addressTimer);
+      view.addressTimer = setTimeout(() => history.replaceState(null, "", `${location.pathname}?${scenario}`), 150);
     }
   }
 
@@ -469,7 +477,7 @@ function render({ model, el }) {
     const scroll = diagramBox.scrollLeft;
     const focused = old && old.contains(document.activeElement) ? document.activeElement.dataset.block : null;
     if (old) old.replaceWith(svg); else diagramBox.append(svg);
-    diagramBox.scrollLeft = scroll;
+    if (scroll) diagramBox.scrollLeft = scroll;  // (setting it forces a layout: only when scrolled)
     if (focused) svg.querySelector(`.fv-block[data-block="${CSS.escape(focused)}"]`)?.focus();  // keyboard users keep their place
   }
 
@@ -776,7 +784,7 @@ function render({ model, el }) {
   model.on("change:frozen", () => { view.frozen = get("frozen") || []; drawConfiguration(); drawStates(); drawAB(); });
   model.on("change:switches", () => { view.switches = { ...(get("switches") || {}) }; drawConfiguration(); drawStates(); });
   model.on("change:table", () => { drawConfiguration(); drawAB(); });
-  model.on("change:scenario", () => drawConfiguration());
+  model.on("change:scenario", () => drawScenario());
   model.on("change:report", () => {
     drawReport();
     const step = (get("report") || {}).step || 0;
