@@ -28,6 +28,7 @@ def test_lower_is_better_and_one_seed():
     assert compare.verdict("fast", [1.0, 1.1], "slow", [2.0, 2.2], percent=False,
                            higher_is_better=False).startswith("fast beat slow")
     assert compare.verdict("A", [0.9], "B", [0.1]).startswith("one seed cannot decide")
+    assert not compare.beats([0.9], [0.1]) and compare.ranking({"A": [0.9], "B": [0.1]}) == "A ≈ B"
 
 
 def test_ranking_groups_what_it_cannot_separate():

@@ -73,9 +73,12 @@ def _as_spread(values: Spread | Sequence[float]) -> Spread:
 
 
 def beats(a: Spread | Sequence[float], b: Spread | Sequence[float]) -> bool:
-    """True when every result of ``a`` is above every result of ``b`` (ranges do not overlap)."""
+    """True when every result of ``a`` is above every result of ``b`` (ranges do not overlap).
+
+    A single seed on either side never beats anything: one sample has no spread to compare with.
+    """
     a, b = _as_spread(a), _as_spread(b)
-    return a.low > b.high
+    return min(a.n, b.n) >= 2 and a.low > b.high
 
 
 def verdict(name_a: str, a: Spread | Sequence[float], name_b: str, b: Spread | Sequence[float],
