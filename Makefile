@@ -31,7 +31,7 @@ lab: setup  ## open the course in JupyterLab
 # The tests run with no network at all (scripts/offline: a network namespace, loopback only);
 # setup, before them, is the one step that needs the package registry.
 test: setup  ## the whole suite, offline: unit tests, browser tests, every notebook through nbval
-	scripts/offline $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	scripts/offline $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider --durations=30
 
 unit: setup  ## only the package's unit tests (fast), offline
 	scripts/offline $(PY) -m pytest tests --ignore=tests/ui --ignore=tests/series --ignore=tests/distributed -p no:cacheprovider

@@ -21,8 +21,9 @@ same permutation, in batches of ``--batch-size / N``. So one step of N processes
 global batch one process sees, and since DistributedDataParallel averages the gradients,
 the runs agree (up to float rounding) wherever a layer does not depend on the split of the batch:
 BatchNorm in train mode and Dropout do. ``--bn-policy eval`` and a backbone without Dropout
-(ResNet) make them equal, which ``tests/test_finetune.py`` checks. Frozen parts are frozen
-*before* the model is wrapped and are not in the optimizer, so no ``find_unused_parameters``.
+(ResNet) make them equal, which ``tests/distributed/test_torchrun.py`` checks. Frozen parts are
+frozen *before* the model is wrapped, so DDP never registers them and no
+``find_unused_parameters`` is needed (every trainable parameter is used on every step).
 
 Only rank 0 prints, shows progress and writes files: the checkpoint (atomically, after every
 epoch, so a crash of any process never leaves half a file), ``history.json``, ``report.json``
