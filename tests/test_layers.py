@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"freezing"},
     {"evaluation"},
     {"training"},
-    {"plots", "corruptions", "lora", "robust", "similarity"},
+    {"plots", "corruptions", "lora", "robust", "similarity", "protocol"},
     {"simulator", "finetune"},
 ]
 

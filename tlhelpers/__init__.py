@@ -12,7 +12,8 @@ Modules, bottom to top; each imports only modules of lower layers (tests/test_la
 7. ``training``: ``fit``, checkpoints, the feature cache.
 8. ``plots``: figures. Beside it, the tools of notebook 08: ``corruptions`` (shifted test
    sets), ``lora`` (low-rank adapters), ``robust`` (WiSE-FT interpolation, BatchNorm
-   re-estimation), ``similarity`` (linear CKA, weight change per block).
+   re-estimation), ``similarity`` (linear CKA, weight change per block); ``protocol`` (fair
+   comparisons: train / validation / test splits, one budget, choices on validation only).
 9. ``simulator``: the freeze-toggle simulator (``FreezeSim``, pure PyTorch, and its widget);
    ``finetune``: the command-line job, one process or under ``torchrun``.
 """

@@ -8,7 +8,9 @@ uses one rule everywhere:
     (their ranges over seeds do not overlap); otherwise there is **no clear difference**.
 
 With three seeds that is a demanding rule, on purpose: a notebook should rather say "no clear
-difference" than crown a winner that the next seed would dethrone. Imports nothing else from
+difference" than crown a winner that the next seed would dethrone. "No clear difference" (or
+"not separated") means the rule cannot tell the two apart over these seeds, not that they are
+equal. Imports nothing else from
 tlhelpers.
 """
 
@@ -103,16 +105,26 @@ def verdict(name_a: str, a: Spread | Sequence[float], name_b: str, b: Spread | S
 
 
 def ranking(results: Mapping[str, Spread | Sequence[float]], percent: bool = True) -> str:
-    """Methods ordered by mean, grouped where the rule cannot separate neighbours.
+    """Methods best first by mean, then the rule applied to **every pair**, in words.
 
-    ``"fine-tuning > feature extraction ≈ raw pixels > from scratch"``: ``>`` where the left
-    method beats the right one by :func:`beats`, ``≈`` where their ranges overlap.
+    ``"best first by mean: fine-tuning, probe, scratch. fine-tuning beat scratch; probe beat
+    scratch; not separated: fine-tuning and probe"``. Every pair is checked, not only
+    neighbours: A can beat C while neither is separated from B between them. "Not separated"
+    means the rule cannot tell them apart over these seeds, not that they are equal.
     """
     if not results:
         raise ValueError("ranking needs at least one method")
     ordered = sorted(((name, _as_spread(v)) for name, v in results.items()),
                      key=lambda item: item[1].mean, reverse=True)
-    text = ordered[0][0]
-    for (_, left), (name, right) in zip(ordered, ordered[1:]):
-        text += (" > " if beats(left, right) else " ≈ ") + name
-    return text
+    text = "best first by mean: " + ", ".join(name for name, _ in ordered)
+    beaten, unseparated = [], []
+    for i, (name_a, a) in enumerate(ordered):
+        for name_b, b in ordered[i + 1:]:
+            if beats(a, b):
+                beaten.append(f"{name_a} beat {name_b}")
+            elif beats(b, a):
+                beaten.append(f"{name_b} beat {name_a}")
+            else:
+                unseparated.append(f"{name_a} and {name_b}")
+    parts = beaten + (["not separated: " + ", ".join(unseparated)] if unseparated else [])
+    return text + (". " + "; ".join(parts) if parts else "")

@@ -1,0 +1,169 @@
+"""tlhelpers.protocol: three disjoint splits, one budget, every choice on validation, test only reported."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from tlhelpers import compare, protocol
+
+TO_TENSOR = torchvision.transforms.ToTensor()
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return protocol.three_splits("digits", 12, val_per_class=8, test_per_class=6, seed=3, transform=TO_TENSOR)
+
+
+def _linear(seed_offset: int = 0):
+    def build():
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+        return model, model.parameters()
+    return build
+
+
+def _source_indices(dataset) -> set[int]:
+    return set(dataset.indices)
+
+
+def test_three_splits_are_disjoint_stratified_and_seeded(splits):
+    assert len(splits.train) == 120 and len(splits.val) == 80 and len(splits.test) == 60
+    # train and validation come from the same training files and never share one
+    assert splits.train.dataset is splits.val.dataset
+    assert not _source_indices(splits.train) & _source_indices(splits.val)
+    # test comes from the held-out files, a different dataset object
+    assert splits.test.dataset is not splits.train.dataset
+    for ds, k in ((splits.train, 12), (splits.val, 8), (splits.test, 6)):
+        assert torch.bincount(torch.tensor(protocol.targets_of(ds))).tolist() == [k] * 10
+    again = protocol.three_splits("digits", 12, val_per_class=8, test_per_class=6, seed=3, transform=TO_TENSOR)
+    assert again.train.indices == splits.train.indices and again.val.indices == splits.val.indices
+    other = protocol.three_splits("digits", 12, val_per_class=8, seed=4, transform=TO_TENSOR)
+    assert other.train.indices != splits.train.indices
+    assert "test 6/class (60 images) from the held-out files" in splits.describe()
+
+
+def test_first_k_are_nested_and_balanced(splits):
+    five, ten = splits.first(5), splits.first(10)
+    assert set(five) < set(ten) and len(five) == 50 and len(ten) == 100
+    labels = torch.tensor(protocol.targets_of(splits.train))
+    assert torch.bincount(labels[five]).tolist() == [5] * 10
+    with pytest.raises(ValueError, match="only 12 images in its smallest class"):
+        splits.first(13)
+
+
+def test_too_few_training_files_is_a_clear_error_or_shared_out(capsys):
+    with pytest.raises(ValueError, match=r"class '0' has \d+ training files; train 100 \+ validation 100"):
+        protocol.three_splits("digits", 100, seed=0, transform=TO_TENSOR)
+    shared = protocol.three_splits("digits", 100, test_per_class=5, seed=0, transform=TO_TENSOR, at_most=True)
+    assert "note: digits: class" in capsys.readouterr().out
+    assert not _source_indices(shared.train) & _source_indices(shared.val)
+    assert min(torch.bincount(torch.tensor(protocol.targets_of(shared.val))).tolist()) >= 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_steps": 0}, "max_steps must be a positive integer"),
+    ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+    ({"patience": 0}, "patience"),
+    ({"lrs": ()}, "lrs must be a non-empty"),
+    ({"lrs": (1e-3, -1.0)}, "lrs must be a non-empty"),
+    ({"weight_decay": -1}, "weight_decay"),
+])
+def test_bad_budgets_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        protocol.Budget(**kwargs)
+
+
+def test_equal_steps_budget_takes_exactly_max_steps(splits):
+    budget = protocol.Budget(max_steps=23, batch_size=16, eval_every=5, patience=None, lrs=(1e-3,))
+    model, params = _linear()()
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(module.training))
+    run = protocol.train(model, params, splits.train, splits.val, budget, 1e-3, seed=0)
+    assert sum(calls) == 23 and run.steps == 23 and not run.stopped_early   # 23 training forwards
+    assert [step for step, _ in run.curve] == [0, 5, 10, 15, 20, 23]
+    assert run.epochs == pytest.approx(run.best_step * 16 / 120)
+
+
+def test_early_stopping_keeps_the_best_validation_check(splits):
+    budget = protocol.Budget(max_steps=400, batch_size=8, eval_every=2, patience=3, lrs=(0.5,))
+    torch.manual_seed(0)
+    model, params = _linear()()
+    run = protocol.train(model, params, splits.train, splits.val, budget, 0.5, seed=0)
+    values = [acc for _, acc in run.curve]
+    assert run.stopped_early and run.steps < 400
+    assert run.val_acc == max(values)
+    assert run.best_step == run.curve[values.index(max(values))][0]        # the first best check
+    assert len(run.curve) - 1 - values.index(max(values)) == 3              # stopped after `patience` checks
+    assert protocol.evaluate(model, splits.val) == pytest.approx(run.val_acc)   # the best weights are back
+
+
+def test_choose_picks_the_rate_with_the_best_validation(splits):
+    budget = protocol.Budget(max_steps=30, batch_size=16, eval_every=10, patience=None, lrs=(1e-6, 3e-2))
+    model, run = protocol.choose(_linear(), splits.train, splits.val, budget, seed=1)
+    assert set(run.tried) == {1e-6, 3e-2}
+    assert run.lr == max(run.tried, key=run.tried.get) == 3e-2
+    assert run.val_acc == run.tried[3e-2]
+
+
+class _Scrambled(Dataset):
+    """The test split with labels replaced and every read recorded."""
+
+    def __init__(self, dataset, reads: list):
+        self.inner, self.reads = dataset, reads
+        self.targets = [(t + 1) % 10 for t in protocol.targets_of(dataset)]
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        self.reads.append(i)
+        return self.inner[i][0], self.targets[i]
+
+
+def test_no_choice_reads_the_test_split(splits):
+    budget = protocol.Budget(max_steps=20, batch_size=16, eval_every=5, patience=2, lrs=(1e-3, 1e-2))
+    contenders = {"linear": _linear(), "small MLP": lambda: (lambda m: (m, m.parameters()))(
+        nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 10)))}
+    honest = protocol.contest(contenders, splits, budget, seed=0)
+    reads: list[int] = []
+    scrambled = protocol.contest(contenders, budget=budget, seed=0, train_set=splits.train, val_set=splits.val,
+                                 test_set=_Scrambled(splits.test, reads))
+    for name in contenders:
+        (run_a, _), (run_b, _) = honest[name], scrambled[name]
+        # the same rate, the same kept step, the same validation curve: the test labels changed nothing chosen
+        assert (run_a.lr, run_a.best_step, run_a.curve) == (run_b.lr, run_b.best_step, run_b.curve)
+    assert len(reads) == len(contenders) * len(splits.test)     # test read once per chosen model, only to score
+
+
+def test_param_groups_scale_the_rate():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    optimizer = protocol._optimizer([{"params": model[0].parameters(), "lr_scale": 0.1},
+                                     {"params": model[1].parameters()}], 1e-2, 0.0)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-2])
+    model[0].requires_grad_(False)
+    with pytest.raises(ValueError, match="none of the parameters"):
+        protocol._optimizer(model[0].parameters(), 1e-2, 0.0)
+
+
+def test_table_prints_split_steps_epochs_and_rates(splits):
+    run = protocol.Run(lr=1e-3, steps=120, best_step=60, val_acc=0.8, curve=[], train_size=120,
+                       batch_size=16, stopped_early=True)
+    result = protocol.Result()
+    for test_acc in (0.7, 0.72, 0.74):
+        result.add(run, test_acc)
+    text = protocol.table({"probe": result}, title="digits")
+    assert "test (reported)" in text and "lr (chosen)" in text and "steps kept/taken" in text
+    assert "0.001" in text and "60/120" in text and "8.0" in text and "72.0% ± 2.0 (70.0-74.0)" in text
+    with pytest.raises(ValueError, match="split must be one of"):
+        protocol.table({"probe": result}, split="val")
+
+
+def test_ranking_checks_every_pair_in_words():
+    text = compare.ranking({"A": [0.90, 0.91, 0.92], "B": [0.85, 0.88, 0.915], "C": [0.80, 0.81, 0.86]})
+    assert text.startswith("best first by mean: A, B, C")
+    assert "A beat C" in text            # not neighbours, still compared
+    assert "not separated: A and B, B and C" in text
+    assert "≈" not in text
