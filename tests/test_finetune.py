@@ -34,7 +34,7 @@ def fails(argv, capsys, monkeypatch=None) -> str:
     (["--epochs", "0"], "--epochs must be a positive integer"),
     (["--lr", "-1"], "--lr must be positive"),
     (["--resume"], "--resume needs --checkpoint"),
-    (BASE + ["--per-class", "1000"], "digits train: class '8' has only 139 examples"),
+    (BASE + ["--per-class", "1000"], "digits: class '0' has 142 training files; train 1000 \\+ validation 3"),
 ])
 def test_bad_settings_stop_before_any_work(argv, message, capsys):
     import re
@@ -88,7 +88,11 @@ def test_a_short_real_run_writes_its_report_and_checkpoint(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     history = json.loads((out / "history.json").read_text())
     assert history["epoch"] == [1, 2] and report["epochs"] == 2 and report["processes"] == 1
-    assert 0.0 <= report["accuracy"] <= 1.0 and f"{report['accuracy']:.1%}" in printed
+    assert 0.0 <= report["accuracy"] <= 1.0 and f"test accuracy {report['accuracy']:.1%}" in printed
+    # the protocol: validation (from the training files) chose the epoch; test (held-out files) chose nothing
+    assert report["split"] == "test" and report["test_images"] == 30
+    assert report["val_accuracy"] == max(history["val_acc"])
+    assert report["best_epoch"] == history["val_acc"].index(max(history["val_acc"])) + 1
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     state = torch.load(checkpoint, weights_only=True)
     assert state["history"]["epoch"] == [1, 2]

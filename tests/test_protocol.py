@@ -167,3 +167,12 @@ def test_ranking_checks_every_pair_in_words():
     assert "A beat C" in text            # not neighbours, still compared
     assert "not separated: A and B, B and C" in text
     assert "≈" not in text
+
+
+def test_per_class_none_trains_on_everything_validation_leaves(splits):
+    everything = protocol.three_splits("digits", None, val_per_class=8, test_per_class=6, seed=3, transform=TO_TENSOR)
+    assert not _source_indices(everything.train) & _source_indices(everything.val)
+    assert len(everything.train) + len(everything.val) == len(everything.train.dataset)
+    assert torch.bincount(torch.tensor(protocol.targets_of(everything.val))).tolist() == [8] * 10
+    with pytest.raises(ValueError, match="needs val_per_class"):
+        protocol.three_splits("digits", None, seed=0, transform=TO_TENSOR)

@@ -25,9 +25,14 @@ BatchNorm in train mode and Dropout do. ``--bn-policy eval`` and a backbone with
 frozen *before* the model is wrapped, so DDP never registers them and no
 ``find_unused_parameters`` is needed (every trainable parameter is used on every step).
 
+The scores follow the course's protocol (:mod:`tlhelpers.protocol`): training and validation
+images are drawn disjointly from the dataset's training files, validation chooses the epoch
+whose weights are kept, and the reported accuracy is measured on a test split of held-out
+files that no choice used (``report.json`` has both, named by split).
+
 Only rank 0 prints, shows progress and writes files: the checkpoint (atomically, after every
 epoch, so a crash of any process never leaves half a file), ``history.json``, ``report.json``
-and ``confusion_matrix.png`` in ``--out``.
+and ``confusion_matrix.png`` (on the test split) in ``--out``.
 """
 
 from __future__ import annotations
@@ -45,8 +50,12 @@ from torch import distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from tlhelpers import data, evaluation, freezing, models, plots, runtime, training
+from tlhelpers import data, evaluation, freezing, models, plots, protocol, runtime, training
 from tlhelpers.files import AssetError, atomic_write
+
+
+#: Validation images per class when training on every file (no --per-class).
+DEFAULT_VAL_PER_CLASS = 50
 
 
 class UsageError(ValueError):
@@ -73,8 +82,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT, a weights member such as IMAGENET1K_V1, or none")
     p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(data.DATASETS)}")
     p.add_argument("--root", help="for --dataset imagefolder: the folder holding train/ and val/")
-    p.add_argument("--per-class", type=int, help="training images per class (default: all)")
-    p.add_argument("--val-per-class", type=int, help="validation images per class (default: all)")
+    p.add_argument("--per-class", type=int, help="training images per class (default: all that validation leaves)")
+    p.add_argument("--val-per-class", type=int, default=None,
+                   help="validation images per class, from the training files; chooses the epoch kept "
+                        f"(default: --per-class, or {DEFAULT_VAL_PER_CLASS} when training on all)")
+    p.add_argument("--test-per-class", type=int,
+                   help="test images per class, from the held-out files; only reported (default: as validation)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--freeze", nargs="+", default=["backbone"], metavar="GROUP",
                    help="'backbone' (everything but the head, the default), 'none', or layer group names")
@@ -102,7 +115,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"unknown --dataset {args.dataset!r}; choose one of: {', '.join(data.DATASETS)}")
     if args.dataset == "imagefolder" and args.root is None:
         raise UsageError("--dataset imagefolder needs --root, the folder holding train/ and val/")
-    for name in ("epochs", "batch_size", "image_size", "per_class", "val_per_class"):
+    for name in ("epochs", "batch_size", "image_size", "per_class", "val_per_class", "test_per_class"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -151,21 +164,23 @@ def load_model(args: argparse.Namespace):
 
 
 def load_data(args: argparse.Namespace, transform, processes: int):
-    """(train, val) datasets; a clear UsageError for a folder without images or too few examples."""
+    """(train, validation, test) datasets by the protocol's three splits; a clear UsageError for a
+    folder without images or too few examples."""
+    val_per_class = args.val_per_class or args.per_class or DEFAULT_VAL_PER_CLASS
     try:
-        train = data.load_dataset(args.dataset, "train", per_class=args.per_class, seed=args.seed,
-                                  transform=transform, root=args.root)
-        val = data.load_dataset(args.dataset, "val", per_class=args.val_per_class, seed=args.seed,
-                                transform=transform, root=args.root)
+        splits = protocol.three_splits(args.dataset, args.per_class, val_per_class=val_per_class,
+                                       test_per_class=args.test_per_class, seed=args.seed,
+                                       transform=transform, root=args.root)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
+    train, val, test = splits.train, splits.val, splits.test
     if processes > len(train):
         raise UsageError(f"{processes} processes but only {len(train)} training examples; use at most "
                          f"{len(train)} processes (--nproc_per_node) or more data")
     if args.batch_size % processes:
         raise UsageError(f"--batch-size {args.batch_size} does not split evenly over {processes} processes; "
                          f"use a multiple of {processes}")
-    return train, val
+    return train, val, test
 
 
 def prepare_model(model: nn.Module, args: argparse.Namespace, num_classes: int) -> nn.Module:
@@ -205,16 +220,23 @@ def check_resume(args: argparse.Namespace, model: nn.Module) -> None:
                          "--dataset it was trained with, or another --checkpoint.")
 
 
-def write_report(out: Path, model: nn.Module, val, classes: list[str], history: training.History,
+def write_report(out: Path, model: nn.Module, test, classes: list[str], history: training.History,
                  args: argparse.Namespace, world: World, seconds: float, device: torch.device) -> dict:
-    """history.json, confusion_matrix.png and report.json in ``out``; returns the report."""
-    predictions = evaluation.predict(models.unwrap(model), DataLoader(val, batch_size=256), device)
+    """history.json, confusion_matrix.png and report.json in ``out``; returns the report.
+
+    ``model`` holds the weights of the epoch validation chose; ``accuracy`` is measured on the
+    held-out ``test`` split, which chose nothing.
+    """
+    predictions = evaluation.predict(models.unwrap(model), DataLoader(test, batch_size=256), device)
     matrix = evaluation.confusion_matrix(predictions.labels, predictions.targets, len(classes))
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "confusion_matrix.png") as staging:
-        plots.plot_confusion_matrix(matrix, classes, title=f"{args.dataset}, accuracy {predictions.accuracy:.1%}"
+        plots.plot_confusion_matrix(matrix, classes, title=f"{args.dataset}, test accuracy {predictions.accuracy:.1%}"
                                     ).savefig(staging, format="png", dpi=100)
-    report = {"accuracy": predictions.accuracy, "epochs": len(history), "processes": world.size,
+    best = history.best_epoch("val_acc")
+    report = {"accuracy": predictions.accuracy, "split": "test", "test_images": len(test),
+              "best_epoch": best, "val_accuracy": history.val_acc[best - 1],
+              "epochs": len(history), "processes": world.size,
               "seconds": round(seconds, 2), "device": str(device), "classes": classes,
               "trainable_parameters": models.count_parameters(models.unwrap(model), trainable_only=True),
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
@@ -234,7 +256,7 @@ def run(args: argparse.Namespace) -> dict | None:
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     runtime.seed_everything(args.seed)   # --weights none: the random initialisation is seeded too
     model, preprocess = load_model(args)
-    train, val = load_data(args, preprocess, processes)
+    train, val, test = load_data(args, preprocess, processes)
     head = prepare_model(model, args, len(train.classes))
     check_resume(args, model)
     world = join_world()
@@ -249,19 +271,22 @@ def run(args: argparse.Namespace) -> dict | None:
         train_loader = DataLoader(train, batch_size=args.batch_size // world.size, sampler=sampler, num_workers=0)
         val_loader = DataLoader(Subset(val, range(world.rank, len(val), world.size)), batch_size=256, num_workers=0)
         if world.main:
-            print(f"{args.backbone} on {args.dataset}: {len(train)} training / {len(val)} validation images, "
+            print(f"{args.backbone} on {args.dataset}: {len(train)} training / {len(val)} validation / "
+                  f"{len(test)} test images, "
                   f"{models.count_parameters(models.unwrap(model), trainable_only=True):,} trainable parameters, "
                   f"{world.size} process(es) on {device}", flush=True)
         began = time.perf_counter()
         history = training.fit(model, train_loader, val_loader, optimizer, args.epochs, device=device, amp=args.amp,
                                checkpoint=args.checkpoint, resume=args.resume, overwrite=args.overwrite,
-                               bn_policy=args.bn_policy, progress=world.main and not args.no_progress)
+                               bn_policy=args.bn_policy, keep_best="val_acc",
+                               progress=world.main and not args.no_progress)
         seconds = time.perf_counter() - began
         report = None
         if world.main:
             out = args.out or Path("runs") / f"{args.backbone}-{args.dataset}"
-            report = write_report(out, model, val, list(train.classes), history, args, world, seconds, device)
-            print(f"validation accuracy {report['accuracy']:.1%} after {len(history)} epochs in {seconds:.1f} s; "
+            report = write_report(out, model, test, list(train.classes), history, args, world, seconds, device)
+            print(f"test accuracy {report['accuracy']:.1%} (epoch {report['best_epoch']} of {len(history)}, chosen "
+                  f"on validation: {report['val_accuracy']:.1%}) in {seconds:.1f} s; "
                   f"report in {out}" + (f", checkpoint {args.checkpoint}" if args.checkpoint else ""), flush=True)
         if world.size > 1:
             dist.barrier()

@@ -97,18 +97,22 @@ def targets_of(dataset: Dataset) -> list[int]:
     raise TypeError(f"cannot read the labels of a {type(dataset).__name__}: give it a targets list")
 
 
-def three_splits(name: str, per_class: int, *, val_per_class: int | None = None,
+def three_splits(name: str, per_class: int | None, *, val_per_class: int | None = None,
                  test_per_class: int | None = None, seed: int = 0, transform: Callable | None = None,
                  root: str | Path | None = None, at_most: bool = False) -> Splits:
     """Seeded train / validation / test splits of dataset ``name`` (see :func:`tlhelpers.data.load_dataset`).
 
     Each class's training files are shuffled with ``seed``: the first ``per_class`` go to train,
     the next ``val_per_class`` (default: as many) to validation, so the two never share an
-    image. Test takes ``test_per_class`` (default: as many as validation) of the held-out split.
+    image. ``per_class=None`` puts every file that validation does not take into train (then
+    ``val_per_class`` is required). Test takes ``test_per_class`` (default: as many as
+    validation) of the held-out split.
     A class with too few training files is an error naming it, unless ``at_most=True``: then the
     class's files are shared out in the same proportion (at least one each) and a note says so.
     """
-    per_class = _positive_int(per_class, "per_class")
+    if per_class is None and val_per_class is None:
+        raise ValueError("per_class=None (all the rest for training) needs val_per_class")
+    per_class = None if per_class is None else _positive_int(per_class, "per_class")
     val_per_class = _positive_int(val_per_class if val_per_class is not None else per_class, "val_per_class")
     test_per_class = _positive_int(test_per_class if test_per_class is not None else val_per_class,
                                    "test_per_class")
@@ -116,17 +120,18 @@ def three_splits(name: str, per_class: int, *, val_per_class: int | None = None,
     targets = torch.as_tensor(targets_of(full))
     generator = torch.Generator().manual_seed(seed)
     train_idx, val_idx, order = [], [], []
-    wanted = per_class + val_per_class
     for label in range(len(full.classes)):
         members = torch.nonzero(targets == label).flatten()
         members = members[torch.randperm(len(members), generator=generator)].tolist()
-        n_train, n_val = per_class, val_per_class
+        n_train = per_class if per_class is not None else len(members) - val_per_class
+        n_val = val_per_class
+        wanted = (per_class or 1) + val_per_class
         if len(members) < wanted:
             if not at_most or len(members) < 2:
                 raise ValueError(
                     f"{name}: class {full.classes[label]!r} has {len(members)} training files; train "
-                    f"{per_class} + validation {val_per_class} per class need {wanted}. Ask for fewer, add "
-                    "images, or pass at_most=True to share out what there is.")
+                    f"{per_class or 'at least 1'} + validation {val_per_class} per class need {wanted}. Ask for "
+                    "fewer, add images, or pass at_most=True to share out what there is.")
             n_val = max(1, round(len(members) * val_per_class / wanted))
             n_train = len(members) - n_val
             print(f"note: {name}: class {full.classes[label]!r} has {len(members)} training files: "

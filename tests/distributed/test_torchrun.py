@@ -46,7 +46,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def two_processes(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ddp")
     result = torchrun(JOB + ["--epochs", "2", "--checkpoint", "run.pt", "--out", "report"], folder)
-    assert result.stdout.count("validation accuracy") == 1, "only rank 0 prints"
+    assert result.stdout.count("test accuracy") == 1, "only rank 0 prints"
     return folder
 
 
