@@ -338,3 +338,37 @@ def test_the_fetch_command_prints_a_clear_error_not_a_traceback(isolated_data_di
     assert result.returncode == 1
     assert result.stderr.startswith("error: Fashion-MNIST is not available"), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_a_server_that_never_answers_times_out_and_says_what_was_tried(isolated_torch_home, monkeypatch):
+    """A firewall that drops packets must not hang a download: it fails within the timeout."""
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)            # accepts the connection, never says a word
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    monkeypatch.setenv("TLHELPERS_NETWORK_TIMEOUT", "1")
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/resnet18-f37072fd.pth"
+    began = time.perf_counter()
+    try:
+        with pytest.raises(assets.AssetError, match=r"no answer from http://127\.0\.0\.1:\d+/resnet18-f37072fd\.pth "
+                                                    r"within 1 s") as raised:
+            assets.ensure_weights_file(url, offline_fallbacks=False)
+    finally:
+        server.close()
+    assert time.perf_counter() - began < 30
+    assert "the torch hub cache" in str(raised.value)
+    assert socket.getdefaulttimeout() is None                  # the process's default is restored
+    assert not isolated_torch_home.exists() or not any(isolated_torch_home.iterdir())   # nothing half-written
+
+
+def test_the_network_timeout_setting_is_checked(monkeypatch):
+    from tlhelpers import files
+
+    monkeypatch.setenv("TLHELPERS_NETWORK_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="TLHELPERS_NETWORK_TIMEOUT must be a positive number of seconds"):
+        files.network_timeout()

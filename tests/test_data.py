@@ -393,3 +393,21 @@ def test_train_and_val_must_list_the_same_classes(photo_tree):
     (photo_tree / "train" / "cat" / "cat0.png").rename(photo_tree / "train" / "dog" / "dog0.png")
     with pytest.raises(ValueError, match=r"Only in train: \['dog'\]; only in val: none"):
         data.load_dataset("imagefolder", "val", root=photo_tree)
+
+
+def test_data_dir_is_configurable_and_never_site_packages(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.delenv("TLHELPERS_DATA", raising=False)
+    assert data.data_dir() == Path(data.__file__).resolve().parents[1] / "data"     # the source checkout
+    monkeypatch.setenv("TLHELPERS_DATA", str(tmp_path / "mine"))
+    assert data.data_dir() == tmp_path / "mine"
+    monkeypatch.delenv("TLHELPERS_DATA")
+    installed = tmp_path / "lib" / "python3.11" / "site-packages" / "tlhelpers" / "data.py"
+    installed.parent.mkdir(parents=True)
+    (installed.parents[1] / "pyproject.toml").write_text("")    # even a stray pyproject there does not count
+    monkeypatch.setattr(data, "__file__", str(installed))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data.data_dir() == tmp_path / "cache" / "tlhelpers"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert data.data_dir() == Path.home() / ".cache" / "tlhelpers"

@@ -16,6 +16,7 @@ PACKAGE = Path(tlhelpers.__file__).parent
 #: Bottom to top. A module may import modules of strictly lower layers only, so two modules of
 #: one layer never import each other. Subpackages count as one module.
 LAYERS: list[set[str]] = [
+    {"checks"},
     {"files", "runtime", "compare"},
     {"data"},
     {"assets"},

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from tlhelpers import compare, protocol
 

@@ -2,8 +2,9 @@
 
 Modules, bottom to top; each imports only modules of lower layers (tests/test_layers.py checks):
 
+0. ``checks``: one integer check, one message; it imports nothing else here.
 1. ``files`` (file integrity, atomic writes, asset errors), ``runtime`` (seeds, random state,
-   device, train/eval mode), ``compare`` (verdicts over seeds): they import nothing else here.
+   device, train/eval mode), ``compare`` (verdicts over seeds): only ``checks`` below them.
 2. ``data``: datasets by name, few-shot subsets, sample photos.
 3. ``assets``: torchvision's weights offline; ``fetch`` provisions weights and data.
 4. ``models``: load, find and replace heads, layer groups.

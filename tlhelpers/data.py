@@ -34,7 +34,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from tlhelpers.files import AssetError, atomic_write, sha256_of
+from tlhelpers.checks import integer
+from tlhelpers.files import AssetError, atomic_write, network_timeout, sha256_of, socket_timeout
 
 #: The per-channel mean and std every torchvision ImageNet model normalises its inputs with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,9 +64,21 @@ class DatasetUnavailableError(AssetError):
 
 
 def data_dir() -> Path:
-    """The course's data folder: ``$TLHELPERS_DATA`` or ``data/`` at the project root."""
+    """The course's data folder, first of:
+
+    1. ``$TLHELPERS_DATA``, when set;
+    2. ``data/`` of the source checkout this package runs from (the course's editable install);
+    3. the user cache folder, ``$XDG_CACHE_HOME/tlhelpers`` or ``~/.cache/tlhelpers``, so an
+       installed package never writes into site-packages.
+    """
     configured = os.environ.get("TLHELPERS_DATA")
-    return Path(configured) if configured else Path(__file__).resolve().parents[1] / "data"
+    if configured:
+        return Path(configured)
+    project = Path(__file__).resolve().parents[1]
+    if (project / "pyproject.toml").is_file() and "site-packages" not in project.parts:
+        return project / "data"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "tlhelpers"
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST
@@ -169,7 +182,7 @@ def prepare_fashion_mnist(sources: Sequence[Path] | None = None, download: bool 
         try:
             import torchvision
 
-            with _staging_dir() as staging:
+            with _staging_dir() as staging, socket_timeout():
                 torchvision.datasets.FashionMNIST(staging, train=True, download=True)
                 staging_raw = Path(staging) / "FashionMNIST" / "raw"
                 _install_checked({name: staging_raw / name for name in FASHION_MNIST_FILES}, shutil.copyfile)
@@ -249,7 +262,44 @@ def _load_rgb(path: str) -> Image.Image:
     # A module-level function (not a lambda), so DataLoader workers can pickle the dataset
     # on platforms that spawn them (macOS, Windows).
     with Image.open(path) as image:
-        return image.convert("RGB")
+        return to_rgb(image)
+
+
+#: Integer and float grayscale modes: Pillow's convert("RGB") clips them to 0..255, so a 16-bit
+#: scan (0..65535) comes out almost white. They are rescaled to 8 bits first.
+_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """``image`` as 8-bit RGB, whatever its mode, as a viewer would show it.
+
+    * 16-bit grayscale (``I;16*``) is scaled from 0..65535 to 0..255; 32-bit integer (``I``)
+      likewise when its values exceed 255 (16-bit PNGs open as ``I`` in some Pillow versions),
+      else taken as 0..255; float (``F``) from 0..1 when its values fit there, else clipped to 0..255.
+    * Transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent colour, premultiplied
+      ``RGBa``/``La``) is composited over ``background`` (white), not dropped: a transparent
+      pixel's hidden colour is often black.
+    * Everything else (``L``, ``1``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``) goes
+      through Pillow's own conversion.
+    """
+    mode = image.mode
+    if mode in _WIDE_GRAY:
+        values = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16") or (mode == "I" and values.size and values.max() > 255):
+            values = values / 257.0
+        elif mode == "F" and values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+        gray = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+        return gray.convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBa", "La"):
+        image, mode = image.convert("RGBA") if mode == "RGBa" else image.convert("LA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _image_folder(root: Path, split: str, transform: Callable | None) -> Dataset:
@@ -305,7 +355,7 @@ def _hymenoptera_root(download: bool = True) -> Path:
             data_dir().mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=data_dir(), prefix=".hymenoptera-") as tmp:
                 archive = Path(tmp) / "hymenoptera_data.zip"
-                with urllib.request.urlopen(HYMENOPTERA_URL, timeout=30) as response, open(archive, "wb") as out:
+                with urllib.request.urlopen(HYMENOPTERA_URL, timeout=network_timeout()) as response, open(archive, "wb") as out:
                     shutil.copyfileobj(response, out)
                 digest = sha256_of(archive)
                 if digest != HYMENOPTERA_SHA256:
@@ -329,8 +379,8 @@ def _hymenoptera_root(download: bool = True) -> Path:
 
 def few_shot_indices(targets: Sequence[int], per_class: int, seed: int = 0) -> list[int]:
     """Seeded, stratified choice of ``per_class`` indices per class, in dataset order."""
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive integer or None, got {per_class!r}")
+    per_class = integer(per_class, "per_class", 1, " or None")
+    seed = integer(seed, "seed")
     targets_t = torch.as_tensor(list(targets))
     generator = torch.Generator().manual_seed(seed)
     chosen: list[int] = []
@@ -390,8 +440,7 @@ def load_dataset(name: str, split: str = "train", per_class: int | None = None, 
 def _check_per_class(dataset: Dataset, per_class: int, what: str, at_most: bool) -> int:
     """``per_class`` if every class has that many examples; else the smallest count (with a
     printed note) when ``at_most``, else a ValueError naming the class and its count."""
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive integer or None, got {per_class!r}")
+    per_class = integer(per_class, "per_class", 1, " or None")
     counts = np.bincount(np.asarray(dataset.targets, dtype=np.int64), minlength=len(dataset.classes))
     smallest = int(counts.argmin())
     if counts[smallest] >= per_class:

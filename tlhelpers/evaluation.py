@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tlhelpers.checks import integer
 from tlhelpers.runtime import evaluating, model_device
 
 
@@ -78,8 +79,7 @@ def confusion_matrix(predicted: torch.Tensor, targets: torch.Tensor, num_classes
     """
     if predicted.shape != targets.shape:
         raise ValueError(f"predicted {tuple(predicted.shape)} and targets {tuple(targets.shape)} differ in shape")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    num_classes = integer(num_classes, "num_classes", 1)
     for name, values in (("targets", targets), ("predicted", predicted)):
         outside = values[(values < 0) | (values >= num_classes)]
         if len(outside):

@@ -10,9 +10,39 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+def network_timeout() -> float:
+    """Seconds any network access waits for an answer: ``$TLHELPERS_NETWORK_TIMEOUT`` or 20.
+
+    A firewall that drops packets (instead of refusing them) would otherwise make a download
+    wait for ever; with a timeout it fails, and the caller says what it tried and what next.
+    """
+    value = os.environ.get("TLHELPERS_NETWORK_TIMEOUT", "20")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"TLHELPERS_NETWORK_TIMEOUT must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+@contextlib.contextmanager
+def socket_timeout(seconds: float | None = None) -> Iterator[float]:
+    """Give every socket opened inside the block (urllib, torch.hub) a timeout; restore it after."""
+    seconds = network_timeout() if seconds is None else seconds
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield seconds
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 class AssetError(RuntimeError):
@@ -41,7 +71,9 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     complete file). The temporary name is unique per call (``.<name>.<random>.partial``), so
     two processes writing the same file never share a half-written one. Folders are created
     as needed. Several files can be committed together with :class:`contextlib.ExitStack`:
-    if any block fails, none of them is replaced.
+    if any block fails, none of them is replaced. The new file gets the umask's mode (or the
+    replaced file's mode), and file and folder are fsynced, so "never half a file" holds across
+    a power loss too.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +82,47 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     staging = Path(name)
     try:
         yield staging
+        # mkstemp creates 0600 files: give the new file the mode an ordinary open() would
+        # (0666 less the umask), or keep the mode of the file it replaces, so a shared weights
+        # file or dataset stays readable to the other users of a JupyterHub or a container.
+        os.chmod(staging, _mode_for(path))
+        _fsync(staging)
         os.replace(staging, path)
+        _fsync(path.parent)     # the rename itself survives a power loss only once the folder is synced
     finally:
         staging.unlink(missing_ok=True)
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits ``path`` should get: its current ones, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """This process's umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)   # elsewhere: set and restore, the only portable way to read it
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk; folders that refuse are skipped."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:   # e.g. folders on Windows cannot be opened
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

@@ -53,7 +53,6 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tlhelpers import data, evaluation, freezing, models, plots, protocol, runtime, training
 from tlhelpers.files import AssetError, atomic_write
 
-
 #: Validation images per class when training on every file (no --per-class).
 DEFAULT_VAL_PER_CLASS = 50
 

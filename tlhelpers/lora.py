@@ -21,12 +21,12 @@ convolution, Kaiming-uniform ``A``, zero ``B``, scale ``alpha / r``) is a few li
 from __future__ import annotations
 
 import math
-import operator
 
 import torch
 from torch import nn
 
-from tlhelpers.models import find_head, swap_module, HeadNotFoundError
+from tlhelpers.checks import integer
+from tlhelpers.models import HeadNotFoundError, find_head, swap_module
 
 
 class LoRAConv2d(nn.Module):
@@ -49,13 +49,7 @@ class LoRAConv2d(nn.Module):
                 "Target the 1x1 convolutions instead (lora.lora_targets(model)).")
         if conv.padding_mode != "zeros":
             raise ValueError(f"LoRAConv2d supports padding_mode='zeros' only, got {conv.padding_mode!r}")
-        try:
-            valid = not isinstance(rank, bool) and operator.index(rank) >= 1
-        except TypeError:
-            valid = False
-        if not valid:
-            raise ValueError(f"rank must be a positive integer (e.g. 4), got {rank!r}")
-        rank = operator.index(rank)
+        rank = integer(rank, "rank", 1, " (e.g. 4)")
         if rank > min(conv.in_channels, conv.out_channels):
             raise ValueError(f"rank {rank} is larger than the layer's {conv.in_channels} input / "
                              f"{conv.out_channels} output channels; a low-rank update needs a smaller rank")

@@ -7,7 +7,6 @@ parameter-free layers such as ``LogSoftmax`` or ``Softmax``).
 
 from __future__ import annotations
 
-import operator
 import warnings
 from collections import OrderedDict
 from typing import Callable
@@ -17,6 +16,7 @@ import torchvision
 from torch import nn
 
 from tlhelpers import assets
+from tlhelpers.checks import integer
 
 #: Where torchvision classifiers keep their head, most common first.
 HEAD_CONTAINERS = ("fc", "classifier", "heads", "head")
@@ -193,14 +193,8 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     (``requires_grad=True``, as every new layer is) even when the rest of the model is frozen.
     Inception/GoogLeNet auxiliary heads get new final layers too, so training with them works.
     """
-    try:
-        valid = not isinstance(num_classes, bool) and operator.index(num_classes) >= 1
-    except TypeError:
-        valid = False
-    if not valid:
-        raise ValueError(f"num_classes must be a positive integer (the number of classes in your "
-                         f"dataset, e.g. len(dataset.classes)), got {num_classes!r}")
-    num_classes = operator.index(num_classes)
+    num_classes = integer(num_classes, "num_classes", 1,
+                          " (the number of classes in your dataset, e.g. len(dataset.classes))")
     name, old = find_head(model)
     new = _new_layer_like(old, num_classes)
     swap_module(model, name, new)

@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
 
 from tlhelpers import compare
+from tlhelpers.checks import integer
 from tlhelpers.data import FewShot, load_dataset
 from tlhelpers.evaluation import accuracy
 from tlhelpers.freezing import set_bn_policy
@@ -50,9 +51,7 @@ SPLIT_NAMES = ("train", "validation", "test")
 # --------------------------------------------------------------------------- splits
 
 def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
+    return integer(value, what, 1)
 
 
 @dataclass(frozen=True)

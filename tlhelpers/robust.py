@@ -22,6 +22,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from tlhelpers.checks import integer
 from tlhelpers.freezing import BATCHNORM_TYPES
 from tlhelpers.runtime import evaluating, model_device
 
@@ -102,9 +103,8 @@ def reestimate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"inputs must be a batch of at least 2 model inputs (N, ...), got {shape}; "
                          "BatchNorm statistics need several examples")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 2):
-        raise ValueError(f"batch_size must be None (one batch) or an integer >= 2, got {batch_size!r}")
+    if batch_size is not None:
+        batch_size = integer(batch_size, "batch_size", 2, " (or None: one batch)")
     if not torch.isfinite(inputs).all():
         raise ValueError("inputs contain NaN or infinite values; BatchNorm statistics would be ruined")
     modules = dict(model.named_modules())

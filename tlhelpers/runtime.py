@@ -1,7 +1,7 @@
 """Where and how a run executes: seeds, random state, device, and train/eval mode.
 
 Shared by training, evaluation, the simulator and the command line, so none of them has to
-import another for these. Imports nothing else from tlhelpers.
+import another for these. Imports only ``checks`` from tlhelpers.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlhelpers.checks import integer
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA), make cuDNN deterministic, return a generator.
@@ -24,6 +26,7 @@ def seed_everything(seed: int) -> torch.Generator:
     convolution algorithms by timing them, which is not reproducible. ``cudnn.deterministic``
     makes cuDNN use deterministic algorithms.
     """
+    seed = integer(seed, "seed")   # a NumPy integer works too
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

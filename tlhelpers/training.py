@@ -28,6 +28,7 @@ from torch import distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tlhelpers.checks import integer
 from tlhelpers.evaluation import predict
 from tlhelpers.files import atomic_write
 from tlhelpers.freezing import BN_POLICIES, set_bn_policy
@@ -386,8 +387,7 @@ def _validate(model: nn.Module, loader: DataLoader, device: torch.device, loss_f
 def _check_fit_arguments(epochs, bn_policy, scheduler, scheduler_step, keep_best, patience, val_loader) -> None:
     if bn_policy not in BN_POLICIES:
         raise ValueError(f"bn_policy must be one of {', '.join(map(repr, BN_POLICIES))}, got {bn_policy!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    integer(epochs, "epochs", 0)
     if scheduler_step not in SCHEDULER_STEPS:
         raise ValueError(f"scheduler_step must be 'epoch' or 'batch', got {scheduler_step!r}")
     if scheduler_step == "batch" and isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -396,8 +396,8 @@ def _check_fit_arguments(epochs, bn_policy, scheduler, scheduler_step, keep_best
         raise ValueError(f"keep_best must be 'val_acc', 'val_loss' or None, got {keep_best!r}")
     if (keep_best is not None or patience is not None) and val_loader is None:
         raise ValueError("keep_best and patience watch the validation metric: pass a val_loader")
-    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
-        raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
+    if patience is not None:
+        integer(patience, "patience", 1, " or None")
 
 
 def _improved(history: History, metric: str) -> bool:

@@ -17,6 +17,7 @@ import torch
 from torchvision import transforms as T
 
 from tlhelpers import data
+from tlhelpers.checks import integer
 
 
 class Batch(NamedTuple):
@@ -43,8 +44,7 @@ def default_batch(size: int = 8, image_size: int = 64, seed: int = 0,
     Debian package), scikit-learn's digits, which ship with scikit-learn, are used instead with
     a warning that says so.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+    size = integer(size, "size", 1)
     transform = batch_transform(image_size)
     per_class = math.ceil(size / 10)  # both built-in datasets have 10 classes
     try:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tlhelpers import models
+from tlhelpers.checks import integer
 from tlhelpers.simulator.batch import check_batch, default_batch
 from tlhelpers.simulator.blocks import (Block, Layout, batchnorm_layers, forward_layout, norm_parameters,
                                         ordered, resolve_blocks)
@@ -408,8 +409,7 @@ class FreezeSim:
 
     def train(self, steps: int, on_step: Callable[[StepReport], None] | None = None) -> list[StepReport]:
         """Take ``steps`` steps; ``on_step(report)`` is called after each (the widget draws there)."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        steps = integer(steps, "steps", 1)
         reports = []
         for _ in range(steps):
             reports.append(self.step())
@@ -423,8 +423,7 @@ class FreezeSim:
         configuration. This is the A/B comparison: two trials differ only in ``state``."""
         if "seed" in state and state["seed"] != self._seed:
             raise ValueError("a trial runs on the simulator's own batch and seed; leave 'seed' out of state")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        steps = integer(steps, "steps", 1)
         saved_state, weights = self.state(), self._snapshot()
         optimizer, history = self._optimizer, self.history
         try:
@@ -526,9 +525,7 @@ class FreezeSim:
 
     @staticmethod
     def _check_seed(seed) -> int:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an integer, got {seed!r}")
-        return seed
+        return integer(seed, "seed")
 
     def _set_optimizer_settings(self, optimizer: str, lr: float | None, momentum: float) -> None:
         if optimizer not in OPTIMIZERS:

@@ -1,0 +1,56 @@
+"""tlhelpers.files.atomic_write: files others can read, modes kept, nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from tlhelpers import files
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_a_new_file_gets_the_umasks_mode_not_0600(tmp_path, umask, expected):
+    old = os.umask(umask)
+    try:
+        assert files.current_umask() == umask
+        with files.atomic_write(tmp_path / "weights.pth") as staging:
+            staging.write_bytes(b"data")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "weights.pth") == expected
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text("old")
+    path.chmod(0o640)
+    with files.atomic_write(path) as staging:
+        staging.write_text("new")
+    assert path.read_text() == "new" and _mode(path) == 0o640
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_partial(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"complete")
+    with pytest.raises(RuntimeError):
+        with files.atomic_write(path) as staging:
+            staging.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert path.read_bytes() == b"complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+def test_file_and_folder_are_fsynced(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    with files.atomic_write(tmp_path / "x.bin") as staging:
+        staging.write_bytes(b"1")
+    assert any(p.endswith(".partial") for p in synced)        # the content, before the rename
+    assert str(tmp_path) in synced                            # the folder, after it
