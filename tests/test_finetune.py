@@ -99,3 +99,62 @@ def test_a_short_real_run_writes_its_report_and_checkpoint(tmp_path, capsys):
     assert report["trainable_parameters"] < 3_000_000   # the backbone stayed frozen but stage5
     assert finetune.main(argv[:-4] + ["--checkpoint", str(checkpoint), "--resume", "--epochs", "3", "--out", str(out)]) == 0
     assert json.loads((out / "history.json").read_text())["epoch"] == [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A real 1-epoch job with a checkpoint, to resume from."""
+    folder = tmp_path_factory.mktemp("job")
+    assert finetune.main(BASE + ["--checkpoint", str(folder / "run.pt"), "--out", str(folder / "report")]) == 0
+    return folder
+
+
+@pytest.mark.parametrize("change, named", [
+    (["--lr", "0.5"], "--lr was 0.001, now 0.5"),
+    (["--per-class", "6"], "--per-class was 5, now 6"),
+    (["--image-size", "48"], "--image-size was 32, now 48"),
+    (["--seed", "7"], "--seed was 0, now 7"),
+    (["--bn-policy", "train"], "--bn-policy was 'frozen-eval', now 'train'"),
+    (["--unfreeze", "stage5"], "--unfreeze was [], now ['stage5']"),
+    (["--dataset", "fashion-mnist", "--test-per-class", "3"], "--dataset was 'digits', now 'fashion-mnist'"),
+])
+def test_resume_refuses_any_other_setting_naming_the_flag_and_both_values(finished_run, change, named, capsys, tmp_path):
+    checkpoint = finished_run / "run.pt"
+    before = checkpoint.read_bytes()
+    err = fails(BASE + change + ["--epochs", "2", "--checkpoint", str(checkpoint), "--resume",
+                                 "--out", str(tmp_path / "out")], capsys)
+    assert named in err and "is another job" in err and "Only --epochs, --no-progress may change" in err
+    assert checkpoint.read_bytes() == before and not (tmp_path / "out").exists()     # nothing trained or written
+
+
+def test_resume_refuses_other_images_with_the_same_settings(finished_run, capsys, monkeypatch):
+    from tlhelpers import protocol
+
+    real = protocol.three_splits
+
+    def other_images(*args, **kwargs):       # as if the files on disk had changed since
+        kwargs["seed"] = kwargs["seed"] + 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "three_splits", other_images)
+    err = fails(BASE + ["--checkpoint", str(finished_run / "run.pt"), "--resume", "--epochs", "2"], capsys)
+    assert "images differ from the ones it was trained on" in err
+
+
+def test_the_job_settings_travel_in_the_checkpoint(finished_run):
+    job = training.read_checkpoint(finished_run / "run.pt")["job"]
+    assert job["settings"]["lr"] == 0.001 and job["settings"]["weights"] == "MobileNet_V2_Weights.IMAGENET1K_V1"
+    assert "epochs" not in job["settings"] and job["classes"] == [str(d) for d in range(10)]
+    assert set(job["versions"]) == {"torch", "torchvision", "tlhelpers"} and len(job["dataset"]) == 64
+
+
+def test_where_it_writes_is_checked_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    cases = [(["--checkpoint", str(tmp_path)], "is a folder; give a file"),
+             (["--out", str(a_file)], "is a file; give a folder"),
+             (["--out", str(a_file / "report")], "is a file, so nothing can be written under it"),
+             (["--checkpoint", str(a_file / "run.pt")], "is a file, so nothing can be written under it")]
+    for extra, message in cases:
+        assert message in fails(BASE + extra, capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and a_file.read_text() == "x"

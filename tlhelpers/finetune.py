@@ -38,9 +38,11 @@ and ``confusion_matrix.png`` (on the test split) in ``--out``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,7 @@ from torch import distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+import tlhelpers
 from tlhelpers import data, evaluation, freezing, models, plots, protocol, runtime, training
 from tlhelpers.files import AssetError, atomic_write
 
@@ -124,9 +127,41 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.resume and args.checkpoint is None:
         raise UsageError("--resume needs --checkpoint, the file to continue from")
+    check_paths(args)
     if args.checkpoint is not None and args.checkpoint.exists() and not (args.resume or args.overwrite):
         raise UsageError(f"{args.checkpoint} already exists: pass --resume to continue that run, --overwrite to "
                          "replace it, or another --checkpoint")
+
+
+def _writable_place(path: Path, flag: str, what: str) -> None:
+    """``path`` can be created as ``what`` ("file" or "folder"): its nearest existing ancestor is
+    a folder we can write in. Probed with a temporary file, which works for root and read-only
+    mounts alike; nothing is left behind."""
+    ancestor = path.parent if what == "file" else path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{flag} {path}: {ancestor} is a file, so nothing can be written under it; "
+                         f"choose another {what}")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag} {path}: cannot write in {ancestor} ({error.strerror or error}); "
+                         f"choose a {what} in a place you can write to") from None
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Where the job will write is checked before any work, so a long run never ends in a traceback."""
+    if args.checkpoint is not None:
+        if args.checkpoint.is_dir():
+            raise UsageError(f"--checkpoint {args.checkpoint} is a folder; give a file, e.g. "
+                             f"{args.checkpoint / 'run.pt'}")
+        _writable_place(args.checkpoint, "--checkpoint", "file")
+    if args.out is not None:
+        if args.out.exists() and not args.out.is_dir():
+            raise UsageError(f"--out {args.out} is a file; give a folder for the report (it is created if needed)")
+        _writable_place(args.out, "--out", "folder")
 
 
 def check_groups(model: nn.Module, args: argparse.Namespace) -> None:
@@ -150,21 +185,22 @@ def join_world() -> World:
 
 
 def load_model(args: argparse.Namespace):
-    """The pretrained model (weights verified, offline sources tried) and its preprocessing."""
+    """The pretrained model (weights verified, offline sources tried), its preprocessing and the
+    weights member actually used (DEFAULT resolved)."""
     try:
-        model, preprocess = models.load_model(args.backbone, None if args.weights.lower() == "none" else args.weights,
-                                              image_size=args.image_size)
+        chosen = models.resolve_weights(args.backbone, None if args.weights.lower() == "none" else args.weights)
+        model, preprocess = models.load_model(args.backbone, chosen, image_size=args.image_size)
     except AssetError:
         raise
     except ValueError as error:  # an unknown weights name: the message lists the valid ones
         raise UsageError(f"--weights: {error}") from None
     check_groups(model, args)
-    return model, preprocess
+    return model, preprocess, str(chosen) if chosen is not None else "none"
 
 
-def load_data(args: argparse.Namespace, transform, processes: int):
-    """(train, validation, test) datasets by the protocol's three splits; a clear UsageError for a
-    folder without images or too few examples."""
+def load_data(args: argparse.Namespace, transform, processes: int) -> protocol.Splits:
+    """The protocol's three splits (train, validation, test); a clear UsageError for a folder
+    without images or too few examples."""
     val_per_class = args.val_per_class or args.per_class or DEFAULT_VAL_PER_CLASS
     try:
         splits = protocol.three_splits(args.dataset, args.per_class, val_per_class=val_per_class,
@@ -172,14 +208,14 @@ def load_data(args: argparse.Namespace, transform, processes: int):
                                        transform=transform, root=args.root)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
-    train, val, test = splits.train, splits.val, splits.test
+    train = splits.train
     if processes > len(train):
         raise UsageError(f"{processes} processes but only {len(train)} training examples; use at most "
                          f"{len(train)} processes (--nproc_per_node) or more data")
     if args.batch_size % processes:
         raise UsageError(f"--batch-size {args.batch_size} does not split evenly over {processes} processes; "
                          f"use a multiple of {processes}")
-    return train, val, test
+    return splits
 
 
 def prepare_model(model: nn.Module, args: argparse.Namespace, num_classes: int) -> nn.Module:
@@ -205,8 +241,65 @@ def make_optimizer(model: nn.Module, head: nn.Module, args: argparse.Namespace) 
     return torch.optim.Adam(groups)
 
 
-def check_resume(args: argparse.Namespace, model: nn.Module) -> None:
-    """A --resume checkpoint from another architecture or class count is refused before training."""
+#: Settings a resumed run may change: they decide how long and where, not what is trained.
+RESUMABLE = ("epochs", "no_progress", "resume", "overwrite", "checkpoint", "out")
+
+
+def dataset_identity(splits: protocol.Splits) -> str:
+    """sha256 over what the job trains and chooses on: every training and validation image's
+    source (file path relative to the root, or its pixels) and label, and the test selection."""
+    digest = hashlib.sha256()
+    for part in (splits.train, splits.val, splits.test):
+        base, indices = (part.dataset, part.indices) if isinstance(part, Subset) else (part, range(len(part)))
+        samples = getattr(base, "samples", None)
+        root = Path(getattr(base, "root", "."))
+        for i in indices:
+            if samples is not None:
+                source = Path(samples[i][0])
+                digest.update(str(source.relative_to(root) if source.is_relative_to(root) else source).encode())
+            else:
+                digest.update(base.images[i].numpy().tobytes())
+            digest.update(str(int(base.targets[i])).encode())
+    return digest.hexdigest()
+
+
+def job_identity(args: argparse.Namespace, weights: str, splits: protocol.Splits) -> dict:
+    """Everything that decides what a run trains: stored in every checkpoint, compared on --resume."""
+    import torchvision
+
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+                if k not in RESUMABLE}
+    settings["weights"] = weights
+    return {"settings": settings, "classes": list(splits.classes), "dataset": dataset_identity(splits),
+            "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+                         "tlhelpers": str(tlhelpers.__version__)}}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resume_problems(saved: dict, current: dict) -> list[str]:
+    """Each difference between a checkpoint's job and this one, as "flag: saved vs asked"."""
+    problems = []
+    before, now = saved.get("settings", {}), current["settings"]
+    for name in sorted(before.keys() | now.keys()):
+        if before.get(name) != now.get(name):
+            problems.append(f"{_flag(name)} was {before.get(name)!r}, now {now.get(name)!r}")
+    if saved.get("classes") != current["classes"]:
+        problems.append(f"the classes were {saved.get('classes')}, now {current['classes']}")
+    if saved.get("dataset") != current["dataset"]:
+        problems.append("the training, validation or test images differ from the ones it was trained on")
+    for library, version in current["versions"].items():
+        if saved.get("versions", {}).get(library) != version:
+            problems.append(f"{library} was {saved.get('versions', {}).get(library)}, now {version}")
+    return problems
+
+
+def check_resume(args: argparse.Namespace, model: nn.Module, job: dict) -> None:
+    """A --resume checkpoint is refused, before any training, unless it is this very job:
+    the same architecture and class count, every setting but those in :data:`RESUMABLE`, the
+    same images and the same library versions."""
     if not (args.resume and args.checkpoint is not None and args.checkpoint.exists()):
         return
     try:
@@ -217,6 +310,14 @@ def check_resume(args: argparse.Namespace, model: nn.Module) -> None:
     if problems:
         raise UsageError(f"--resume {args.checkpoint}: " + "; ".join(problems) + ". Use the --backbone and "
                          "--dataset it was trained with, or another --checkpoint.")
+    if "job" not in state:
+        raise UsageError(f"--resume {args.checkpoint}: it records no job settings (not written by this "
+                         "command), so an exact resume cannot be checked; start a new --checkpoint")
+    problems = resume_problems(state["job"], job)
+    if problems:
+        raise UsageError(f"--resume {args.checkpoint} is another job: " + "; ".join(problems) +
+                         f". Only {', '.join(_flag(n) for n in RESUMABLE[:2])} may change on --resume; "
+                         "to change the rest, start a new --checkpoint.")
 
 
 def write_report(out: Path, model: nn.Module, test, classes: list[str], history: training.History,
@@ -254,10 +355,12 @@ def run(args: argparse.Namespace) -> dict | None:
     check_arguments(args)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     runtime.seed_everything(args.seed)   # --weights none: the random initialisation is seeded too
-    model, preprocess = load_model(args)
-    train, val, test = load_data(args, preprocess, processes)
+    model, preprocess, weights = load_model(args)
+    splits = load_data(args, preprocess, processes)
+    train, val, test = splits.train, splits.val, splits.test
     head = prepare_model(model, args, len(train.classes))
-    check_resume(args, model)
+    job = job_identity(args, weights, splits)
+    check_resume(args, model, job)
     world = join_world()
     try:
         device = runtime.pick_device(f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu")
@@ -278,7 +381,7 @@ def run(args: argparse.Namespace) -> dict | None:
         history = training.fit(model, train_loader, val_loader, optimizer, args.epochs, device=device, amp=args.amp,
                                checkpoint=args.checkpoint, resume=args.resume, overwrite=args.overwrite,
                                bn_policy=args.bn_policy, keep_best="val_acc",
-                               progress=world.main and not args.no_progress)
+                               progress=world.main and not args.no_progress, checkpoint_extra={"job": job})
         seconds = time.perf_counter() - began
         report = None
         if world.main:

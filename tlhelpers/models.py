@@ -80,6 +80,16 @@ def _available(name: str, chosen, fall_back: bool):
         raise error
 
 
+def resolve_weights(name: str, weights: str | torchvision.models.WeightsEnum | None = "DEFAULT"):
+    """The weights member :func:`load_model` uses for ``weights`` (``None`` for random ones),
+    its file verified and, when missing, fetched; for ``"DEFAULT"`` offline, the cached
+    member it falls back to (with a warning naming it)."""
+    chosen = _resolve_weights(name, weights)
+    if chosen is not None:
+        chosen = _available(name, chosen, fall_back=weights == "DEFAULT")
+    return chosen
+
+
 def load_model(name: str, weights: str | torchvision.models.WeightsEnum | None = "DEFAULT",
                image_size: int | None = None) -> tuple[nn.Module, Callable]:
     """Build torchvision model ``name`` with pretrained ``weights`` and return (model, transforms).
@@ -94,9 +104,7 @@ def load_model(name: str, weights: str | torchvision.models.WeightsEnum | None =
     a warning) when the default one cannot be had. ``image_size`` asks for the same
     preprocessing at another size (``weights.transforms(crop_size=s, resize_size=s)``).
     """
-    chosen = _resolve_weights(name, weights)
-    if chosen is not None:
-        chosen = _available(name, chosen, fall_back=weights == "DEFAULT")
+    chosen = resolve_weights(name, weights)
     model = torchvision.models.get_model(name, weights=chosen)
     sizes = {} if image_size is None else {"crop_size": image_size, "resize_size": image_size}
     preprocessing = (chosen or _weights_enum(name).DEFAULT).transforms(**sizes)

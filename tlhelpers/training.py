@@ -146,6 +146,9 @@ def _generators(loader: DataLoader | None) -> list[torch.Generator]:
 
 def _check_storable(value, where: str) -> None:
     """Refuse values that ``torch.load(weights_only=True)`` could not read back."""
+    if isinstance(value, str) and type(value) is not str:   # e.g. torch.__version__, a TorchVersion
+        raise TypeError(f"{where} is a {type(value).__name__}, a str subclass that weights_only=True cannot "
+                        "read back; store str(value)")
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor, torch.Size)):
         return
     if isinstance(value, (list, tuple)):
@@ -414,7 +417,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
         scheduler=None, scheduler_step: str = "epoch", device: str | torch.device | None = None,
         amp: bool = False, checkpoint: str | Path | None = None, resume: bool = False,
         overwrite: bool = False, bn_policy: str = "frozen-eval", keep_best: str | None = None,
-        patience: int | None = None, seed: int | None = None, progress: bool = True) -> History:
+        patience: int | None = None, seed: int | None = None, progress: bool = True,
+        checkpoint_extra: dict | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs and return its :class:`History`.
 
     Each epoch: ``model.train()`` and the BatchNorm policy (``bn_policy``, see
@@ -429,7 +433,9 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
     accident: pass ``resume=True`` to continue that run (it is loaded first, all or nothing, and
     training continues after its last epoch with the same weights, optimizer, scheduler, random
     state and data order, so the result equals an uninterrupted run; with no file yet it simply
-    starts), ``overwrite=True`` to replace it, or another path.
+    starts), ``overwrite=True`` to replace it, or another path. ``checkpoint_extra`` values
+    (plain numbers, strings, lists, dicts) are stored in every checkpoint too, e.g. the
+    settings a command line must find unchanged before it resumes.
 
     ``keep_best="val_acc"`` (or ``"val_loss"``) puts the weights of the best epoch back into the
     model at the end (a copy is kept in memory and in the checkpoint); ``patience=k`` stops
@@ -513,7 +519,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
             per_process = _gather_rng() if _distributed() else None  # a collective: every rank joins
             if main:
                 save_checkpoint(checkpoint, model, optimizer, scheduler, history, scaler=scaler,
-                                data_loader=train_loader, best_model=best_state, rng_per_process=per_process)
+                                data_loader=train_loader, best_model=best_state, rng_per_process=per_process,
+                                **(checkpoint_extra or {}))
             if _distributed():
                 dist.barrier()
         if patience is not None and len(history) - history.best_epoch(keep_best or "val_acc") >= patience:

@@ -1,5 +1,5 @@
 """The same fine-tuning job under torchrun: 2 CPU processes (gloo) match 1 process, write one
-checkpoint, and resume where an interrupted distributed run stopped.
+checkpoint, and a run killed in the middle of an epoch resumes exactly from its last checkpoint.
 
 Slow (each launch starts fresh Python processes): `make test` runs it, `make unit` does not.
 The equivalence needs layers that do not depend on how the batch is split: ResNet-18 (no
@@ -9,8 +9,10 @@ Dropout) with every BatchNorm in eval mode (see tlhelpers/finetune.py's docstrin
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,9 +73,34 @@ def test_only_rank_zero_writes_one_checkpoint_and_one_report(two_processes):
     assert torch.load(two_processes / "run.pt", weights_only=True)["rng_per_process"] is not None
 
 
-def test_an_interrupted_distributed_run_resumes_where_it_stopped(two_processes, tmp_path):
-    torchrun(JOB + ["--epochs", "1", "--checkpoint", "run.pt", "--out", "report"], tmp_path)
-    torchrun(JOB + ["--epochs", "2", "--checkpoint", "run.pt", "--resume", "--out", "report"], tmp_path)
-    resumed, straight = weights(tmp_path / "run.pt"), weights(two_processes / "run.pt")
-    for key in straight:
-        assert torch.equal(resumed[key], straight[key]), key
+#: A longer job for the kill test: 25 steps an epoch, so a kill right after epoch 1's checkpoint
+#: lands in the middle of epoch 2.
+LONG_JOB = [a if a != "8" else "40" for a in JOB]
+
+
+def test_a_run_killed_mid_epoch_resumes_exactly_from_its_last_checkpoint(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    straight.mkdir(), killed.mkdir()
+    torchrun(LONG_JOB + ["--epochs", "3", "--checkpoint", "run.pt", "--out", "report"], straight)
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "tlhelpers.finetune", *LONG_JOB, "--epochs", "3", "--checkpoint", "run.pt", "--out", "report"]
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
+    job = subprocess.Popen(command, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while not (killed / "run.pt").exists():          # epoch 1 is complete once its checkpoint is there
+            assert job.poll() is None and time.monotonic() < deadline, "the job ended before its first checkpoint"
+            time.sleep(0.02)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)               # launcher and both workers, no chance to clean up
+        job.wait()
+    saved = torch.load(killed / "run.pt", weights_only=True)
+    assert saved["history"]["epoch"] == [1], "killed after epoch 1's checkpoint, during epoch 2"
+
+    torchrun(LONG_JOB + ["--epochs", "3", "--checkpoint", "run.pt", "--resume", "--out", "report"], killed)
+    resumed, uninterrupted = weights(killed / "run.pt"), weights(straight / "run.pt")
+    assert resumed.keys() == uninterrupted.keys()
+    for key in uninterrupted:
+        assert torch.equal(resumed[key], uninterrupted[key]), key
