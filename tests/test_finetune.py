@@ -123,7 +123,7 @@ def test_resume_refuses_any_other_setting_naming_the_flag_and_both_values(finish
     before = checkpoint.read_bytes()
     err = fails(BASE + change + ["--epochs", "2", "--checkpoint", str(checkpoint), "--resume",
                                  "--out", str(tmp_path / "out")], capsys)
-    assert named in err and "is another job" in err and "Only --epochs, --no-progress may change" in err
+    assert named in err and "is another job" in err and "Only --epochs, --no-progress and --out may change" in err
     assert checkpoint.read_bytes() == before and not (tmp_path / "out").exists()     # nothing trained or written
 
 

@@ -316,7 +316,7 @@ def check_resume(args: argparse.Namespace, model: nn.Module, job: dict) -> None:
     problems = resume_problems(state["job"], job)
     if problems:
         raise UsageError(f"--resume {args.checkpoint} is another job: " + "; ".join(problems) +
-                         f". Only {', '.join(_flag(n) for n in RESUMABLE[:2])} may change on --resume; "
+                         ". Only --epochs, --no-progress and --out may change on --resume; "
                          "to change the rest, start a new --checkpoint.")
 
 
