@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 import torch
 
-from tlhelpers import finetune, training
+from tlhelpers import data, finetune, training
 
 BASE = ["--weights", "IMAGENET1K_V1", "--dataset", "digits", "--per-class", "5", "--val-per-class", "3",
         "--image-size", "32", "--epochs", "1", "--no-progress"]
@@ -123,7 +123,7 @@ def test_resume_refuses_any_other_setting_naming_the_flag_and_both_values(finish
     before = checkpoint.read_bytes()
     err = fails(BASE + change + ["--epochs", "2", "--checkpoint", str(checkpoint), "--resume",
                                  "--out", str(tmp_path / "out")], capsys)
-    assert named in err and "is another job" in err and "Only --epochs, --no-progress and --out may change" in err
+    assert named in err and "is another job" in err and "Only --epochs, --no-progress, --out and --export may change" in err
     assert checkpoint.read_bytes() == before and not (tmp_path / "out").exists()     # nothing trained or written
 
 
@@ -158,3 +158,30 @@ def test_where_it_writes_is_checked_before_any_work(tmp_path, capsys):
     for extra, message in cases:
         assert message in fails(BASE + extra, capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and a_file.read_text() == "x"
+
+
+def test_export_writes_a_bundle_scored_on_the_test_split(finished_run, tmp_path, capsys):
+    from tlhelpers import predict, serving
+
+    out, folder = tmp_path / "report", tmp_path / "bundle"
+    assert finetune.main(BASE + ["--out", str(out), "--export", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    manifest = serving.read_manifest(folder)
+    assert report["bundle"]["folder"] == str(folder) and f"bundle in {folder}" in printed
+    # the same 30 held-out images, through the exported program with the bundle's own preprocessing
+    assert manifest["test"]["images"] == report["test_images"] == 30
+    assert manifest["test"]["accuracy_pt2"] == pytest.approx(report["accuracy"])
+    assert manifest["weights"] == "MobileNet_V2_Weights.IMAGENET1K_V1" and manifest["classes"] == report["classes"]
+    image = tmp_path / "digit.png"
+    data.load_dataset("digits", "val", per_class=1)[0][0].save(image)
+    assert predict.main([str(folder), str(image), "--runtime", "onnx", "--top-k", "1"]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}: ")
+
+
+def test_export_into_an_existing_folder_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "old.txt").write_text("keep me")
+    err = fails(BASE + ["--export", str(tmp_path / "bundle"), "--out", str(tmp_path / "report")], capsys)
+    assert "already exists; a bundle goes into a new folder" in err
+    assert (tmp_path / "bundle" / "old.txt").read_text() == "keep me" and not (tmp_path / "report").exists()

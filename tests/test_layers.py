@@ -16,7 +16,7 @@ PACKAGE = Path(tlhelpers.__file__).parent
 #: Bottom to top. A module may import modules of strictly lower layers only, so two modules of
 #: one layer never import each other. Subpackages count as one module.
 LAYERS: list[set[str]] = [
-    {"checks"},
+    {"checks", "serving"},
     {"files", "runtime", "compare"},
     {"data"},
     {"assets"},
@@ -24,8 +24,8 @@ LAYERS: list[set[str]] = [
     {"freezing"},
     {"evaluation"},
     {"training"},
-    {"plots", "corruptions", "lora", "robust", "similarity", "protocol"},
-    {"simulator", "finetune"},
+    {"plots", "corruptions", "lora", "robust", "similarity", "protocol", "bundle"},
+    {"simulator", "finetune", "predict"},
 ]
 
 

@@ -2,7 +2,8 @@
 
 Modules, bottom to top; each imports only modules of lower layers (tests/test_layers.py checks):
 
-0. ``checks``: one integer check, one message; it imports nothing else here.
+0. ``checks`` (one integer check, one message) and ``serving`` (preprocess and predict with an
+   exported bundle, by torch or onnxruntime alone; copied into every bundle): nothing else here.
 1. ``files`` (file integrity, atomic writes, asset errors), ``runtime`` (seeds, random state,
    device, train/eval mode), ``compare`` (verdicts over seeds): only ``checks`` below them.
 2. ``data``: datasets by name, few-shot subsets, sample photos.
@@ -11,12 +12,14 @@ Modules, bottom to top; each imports only modules of lower layers (tests/test_la
 5. ``freezing``: freeze by name, BatchNorm policies, optimizer checks.
 6. ``evaluation``: predict under eval + inference_mode, accuracy, confusion matrix.
 7. ``training``: ``fit``, checkpoints, the feature cache.
-8. ``plots``: figures. Beside it, the tools of notebook 08: ``corruptions`` (shifted test
+8. ``plots``: figures. Beside it, the tools of notebooks 08 and 09: ``corruptions`` (shifted test
    sets), ``lora`` (low-rank adapters), ``robust`` (WiSE-FT interpolation, BatchNorm
    re-estimation), ``similarity`` (linear CKA, weight change per block); ``protocol`` (fair
-   comparisons: train / validation / test splits, one budget, choices on validation only).
+   comparisons: train / validation / test splits, one budget, choices on validation only);
+   ``bundle`` (export a model as a folder torch or onnxruntime alone can serve).
 9. ``simulator``: the freeze-toggle simulator (``FreezeSim``, pure PyTorch, and its widget);
-   ``finetune``: the command-line job, one process or under ``torchrun``.
+   ``finetune``: the command-line job, one process or under ``torchrun``; ``predict``: top-k for
+   image files from a bundle.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

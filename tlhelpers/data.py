@@ -36,6 +36,7 @@ from torch.utils.data import Dataset, Subset
 
 from tlhelpers.checks import integer
 from tlhelpers.files import AssetError, atomic_write, network_timeout, sha256_of, socket_timeout
+from tlhelpers.serving import to_rgb  # one conversion for training and serving
 
 #: The per-channel mean and std every torchvision ImageNet model normalises its inputs with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -265,41 +266,6 @@ def _load_rgb(path: str) -> Image.Image:
         return to_rgb(image)
 
 
-#: Integer and float grayscale modes: Pillow's convert("RGB") clips them to 0..255, so a 16-bit
-#: scan (0..65535) comes out almost white. They are rescaled to 8 bits first.
-_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-
-
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """``image`` as 8-bit RGB, whatever its mode, as a viewer would show it.
-
-    * 16-bit grayscale (``I;16*``) is scaled from 0..65535 to 0..255; 32-bit integer (``I``)
-      likewise when its values exceed 255 (16-bit PNGs open as ``I`` in some Pillow versions),
-      else taken as 0..255; float (``F``) from 0..1 when its values fit there, else clipped to 0..255.
-    * Transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent colour, premultiplied
-      ``RGBa``/``La``) is composited over ``background`` (white), not dropped: a transparent
-      pixel's hidden colour is often black.
-    * Everything else (``L``, ``1``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``) goes
-      through Pillow's own conversion.
-    """
-    mode = image.mode
-    if mode in _WIDE_GRAY:
-        values = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16") or (mode == "I" and values.size and values.max() > 255):
-            values = values / 257.0
-        elif mode == "F" and values.size and values.min() >= 0.0 and values.max() <= 1.0:
-            values = values * 255.0
-        gray = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-        return gray.convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ("RGBa", "La"):
-        image, mode = image.convert("RGBA") if mode == "RGBa" else image.convert("LA"), "RGBA"
-    if mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, background + (255,))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def _image_folder(root: Path, split: str, transform: Callable | None) -> Dataset:

@@ -53,7 +53,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import tlhelpers
-from tlhelpers import data, evaluation, freezing, models, plots, protocol, runtime, training
+from tlhelpers import bundle, data, evaluation, freezing, models, plots, protocol, runtime, training
 from tlhelpers.files import AssetError, atomic_write
 
 #: Validation images per class when training on every file (no --per-class).
@@ -105,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA (ignored on the CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="folder for the report (default runs/<backbone>-<dataset>)")
+    p.add_argument("--export", type=Path, metavar="DIR",
+                   help="also write a bundle that torch or onnxruntime alone can serve (.pt2, .onnx, "
+                        "safetensors, labels, preprocessing, test accuracy); DIR must not exist yet")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -158,6 +161,11 @@ def check_paths(args: argparse.Namespace) -> None:
             raise UsageError(f"--checkpoint {args.checkpoint} is a folder; give a file, e.g. "
                              f"{args.checkpoint / 'run.pt'}")
         _writable_place(args.checkpoint, "--checkpoint", "file")
+    if args.export is not None:
+        if args.export.exists() and not (args.export.is_dir() and not any(args.export.iterdir())):
+            raise UsageError(f"--export {args.export} already exists; a bundle goes into a new folder "
+                             "(remove it or choose another)")
+        _writable_place(args.export, "--export", "folder")
     if args.out is not None:
         if args.out.exists() and not args.out.is_dir():
             raise UsageError(f"--out {args.out} is a file; give a folder for the report (it is created if needed)")
@@ -198,13 +206,20 @@ def load_model(args: argparse.Namespace):
     return model, preprocess, str(chosen) if chosen is not None else "none"
 
 
+def _val_per_class(args: argparse.Namespace) -> int:
+    return args.val_per_class or args.per_class or DEFAULT_VAL_PER_CLASS
+
+
+def _test_per_class(args: argparse.Namespace) -> int:
+    return args.test_per_class or _val_per_class(args)
+
+
 def load_data(args: argparse.Namespace, transform, processes: int) -> protocol.Splits:
     """The protocol's three splits (train, validation, test); a clear UsageError for a folder
     without images or too few examples."""
-    val_per_class = args.val_per_class or args.per_class or DEFAULT_VAL_PER_CLASS
     try:
-        splits = protocol.three_splits(args.dataset, args.per_class, val_per_class=val_per_class,
-                                       test_per_class=args.test_per_class, seed=args.seed,
+        splits = protocol.three_splits(args.dataset, args.per_class, val_per_class=_val_per_class(args),
+                                       test_per_class=_test_per_class(args), seed=args.seed,
                                        transform=transform, root=args.root)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
@@ -242,7 +257,7 @@ def make_optimizer(model: nn.Module, head: nn.Module, args: argparse.Namespace) 
 
 
 #: Settings a resumed run may change: they decide how long and where, not what is trained.
-RESUMABLE = ("epochs", "no_progress", "resume", "overwrite", "checkpoint", "out")
+RESUMABLE = ("epochs", "no_progress", "resume", "overwrite", "checkpoint", "out", "export")
 
 
 def dataset_identity(splits: protocol.Splits) -> str:
@@ -316,7 +331,7 @@ def check_resume(args: argparse.Namespace, model: nn.Module, job: dict) -> None:
     problems = resume_problems(state["job"], job)
     if problems:
         raise UsageError(f"--resume {args.checkpoint} is another job: " + "; ".join(problems) +
-                         ". Only --epochs, --no-progress and --out may change on --resume; "
+                         ". Only --epochs, --no-progress, --out and --export may change on --resume; "
                          "to change the rest, start a new --checkpoint.")
 
 
@@ -344,6 +359,21 @@ def write_report(out: Path, model: nn.Module, test, classes: list[str], history:
         with atomic_write(out / name) as staging:
             staging.write_text(json.dumps(content, indent=2) + "\n")
     return report
+
+
+def export_bundle(args: argparse.Namespace, model: nn.Module, preprocess, weights: str, classes: list[str]) -> dict:
+    """Write the --export bundle, scored on the same held-out test images as files; print where."""
+    test_images = data.load_dataset(args.dataset, "val", per_class=_test_per_class(args), seed=args.seed,
+                                    root=args.root)
+    if args.export.exists():
+        args.export.rmdir()   # checked empty before training
+    manifest = bundle.export(model, args.export, classes=classes, transform=preprocess, backbone=args.backbone,
+                             weights=weights, test_images=test_images)
+    print(f"bundle in {args.export}: test accuracy as served {manifest['test']['accuracy_pt2']:.1%} (model.pt2), "
+          f"{manifest['test']['accuracy_onnx']:.1%} (model.onnx); serve it with "
+          f"`python {args.export / 'predict.py'} IMAGE...`", flush=True)
+    return {"folder": str(args.export), "test_accuracy_pt2": manifest["test"]["accuracy_pt2"],
+            "test_accuracy_onnx": manifest["test"]["accuracy_onnx"]}
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -387,6 +417,10 @@ def run(args: argparse.Namespace) -> dict | None:
         if world.main:
             out = args.out or Path("runs") / f"{args.backbone}-{args.dataset}"
             report = write_report(out, model, test, list(train.classes), history, args, world, seconds, device)
+            if args.export is not None:
+                report["bundle"] = export_bundle(args, models.unwrap(model), preprocess, weights, list(train.classes))
+                with atomic_write(out / "report.json") as staging:
+                    staging.write_text(json.dumps(report, indent=2) + "\n")
             print(f"test accuracy {report['accuracy']:.1%} (epoch {report['best_epoch']} of {len(history)}, chosen "
                   f"on validation: {report['val_accuracy']:.1%}) in {seconds:.1f} s; "
                   f"report in {out}" + (f", checkpoint {args.checkpoint}" if args.checkpoint else ""), flush=True)
