@@ -19,11 +19,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tlhelpers.models import find_head, layer_groups
+from tlhelpers.models import AUX_HEADS, find_head, layer_groups, under
 
-BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+#: Every BatchNorm (1d/2d/3d, SyncBatchNorm, the lazy ones): the classes that keep running statistics.
+BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
 #: What BatchNorm layers do while training (see :func:`set_bn_policy`).
 BN_POLICIES = ("frozen-eval", "train", "eval")
+
+
+def batchnorm_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's BatchNorm layers that keep running statistics, by name, in registration order."""
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, BATCHNORM_TYPES) and module.track_running_stats}
 
 
 class OptimizerMismatchWarning(UserWarning):
@@ -44,7 +51,7 @@ def resolve(model: nn.Module, names: tuple[str, ...]) -> list[str]:
     for name in names:
         prefixes = groups.get(name, [name])
         matches = [p for p in parameter_names
-                   if any(p == prefix or p.startswith(prefix + ".") for prefix in prefixes)]
+                   if any(under(p, prefix) for prefix in prefixes)]
         if not matches:
             unknown.append(name)
         selected.extend(m for m in matches if m not in selected)
@@ -89,7 +96,7 @@ def freeze_backbone(model: nn.Module) -> int:
     head_name, head = find_head(model)  # before changing anything: no head, nothing frozen
     freeze(model)
     head.requires_grad_(True)
-    for aux in ("AuxLogits", "aux1", "aux2"):
+    for aux in AUX_HEADS:
         if isinstance(getattr(model, aux, None), nn.Module):
             getattr(model, aux).requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -169,7 +176,7 @@ def trainable_summary(model: nn.Module) -> TrainableSummary:
     parameters = dict(model.named_parameters())
     for group, prefixes in layer_groups(model).items():
         members = [p for n, p in parameters.items()
-                   if any(n == pre or n.startswith(pre + ".") for pre in prefixes)]
+                   if any(under(n, pre) for pre in prefixes)]
         rows.append(SummaryRow(group, sum(p.numel() for p in members),
                                sum(p.numel() for p in members if p.requires_grad)))
     return TrainableSummary(rows)

@@ -22,6 +22,17 @@ from tlhelpers.checks import integer
 HEAD_CONTAINERS = ("fc", "classifier", "heads", "head")
 #: Auxiliary classifiers (Inception v3, GoogLeNet) and the layer inside them to replace.
 AUX_HEADS = {"AuxLogits": "fc", "aux1": "fc2", "aux2": "fc2"}
+#: The fields of their train-mode outputs (InceptionOutputs, GoogLeNetOutputs) that hold auxiliary logits.
+AUX_OUTPUTS = ("aux_logits", "aux_logits1", "aux_logits2")
+
+
+def under(name: str, prefix: str) -> bool:
+    """Is parameter or module ``name`` the module ``prefix`` itself or inside it?
+
+    ``layer4.0.conv1.weight`` is under ``layer4``; ``layer40.weight`` is not. The one place the
+    course decides this, for freezing, summaries, blocks and weight change.
+    """
+    return name == prefix or name.startswith(prefix + ".")
 
 
 class HeadNotFoundError(ValueError):

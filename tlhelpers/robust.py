@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from tlhelpers.checks import integer
-from tlhelpers.freezing import BATCHNORM_TYPES
+from tlhelpers.freezing import batchnorm_layers
 from tlhelpers.runtime import evaluating, model_device
 
 
@@ -74,12 +74,6 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Modu
     return mixed
 
 
-def batchnorm_layers(model: nn.Module) -> list[str]:
-    """Names of the model's BatchNorm layers that keep running statistics."""
-    return [name for name, module in model.named_modules()
-            if isinstance(module, BATCHNORM_TYPES) and module.track_running_stats]
-
-
 @torch.no_grad()
 def reestimate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int | None = None) -> list[str]:
     """Recompute every BatchNorm layer's running mean and variance on ``inputs``, in place.
@@ -95,7 +89,7 @@ def reestimate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int
     Unlike :func:`torch.optim.swa_utils.update_bn` (the same idea for SWA), this takes a tensor,
     runs under ``no_grad``, and leaves Dropout and other layers in eval mode.
     """
-    layers = batchnorm_layers(model)
+    layers = list(batchnorm_layers(model))
     if not layers:
         raise ValueError(f"{type(model).__name__} has no BatchNorm layers with running statistics; "
                          "there is nothing to re-estimate")

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from tlhelpers.models import under
 from tlhelpers.runtime import evaluating, model_device
 
 
@@ -105,7 +106,7 @@ def relative_change(before: nn.Module, after: nn.Module,
                          "merge LoRA adapters (lora.merge_lora) and use the same head first")
     changes = {}
     for block, prefixes in blocks.items():
-        names = [n for n in params_b if any(n == p or n.startswith(p + ".") for p in prefixes)]
+        names = [n for n in params_b if any(under(n, p) for p in prefixes)]
         if not names:
             raise KeyError(f"block {block!r} ({', '.join(prefixes)}) has no parameters")
         moved = sum(float((params_a[n].double() - params_b[n].double()).pow(2).sum()) for n in names)

@@ -32,7 +32,7 @@ from tlhelpers.checks import integer
 from tlhelpers.evaluation import predict
 from tlhelpers.files import atomic_write
 from tlhelpers.freezing import BN_POLICIES, set_bn_policy
-from tlhelpers.models import HeadNotFoundError, find_head, fingerprint, unwrap
+from tlhelpers.models import AUX_OUTPUTS, HeadNotFoundError, find_head, fingerprint, unwrap
 from tlhelpers.runtime import evaluating, model_device, pick_device, rng_state, seed_everything, set_rng_state
 
 #: What a checkpoint written by :func:`save_checkpoint` says it is.
@@ -121,7 +121,7 @@ def _loss_of(outputs, labels: torch.Tensor, loss_fn: Callable
     if hasattr(outputs, "logits"):
         main = loss_fn(outputs.logits, labels)
         total = main
-        for aux in ("aux_logits", "aux_logits1", "aux_logits2"):
+        for aux in AUX_OUTPUTS:
             if getattr(outputs, aux, None) is not None:
                 total = total + AUX_LOSS_WEIGHT * loss_fn(getattr(outputs, aux), labels)
         return total, main, outputs.logits

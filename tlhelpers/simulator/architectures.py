@@ -112,7 +112,7 @@ def architecture_name(model: nn.Module) -> str | None:
 
     def shapes(m: nn.Module) -> dict[str, tuple]:
         return {n: tuple(p.shape) for n, p in m.named_parameters()
-                if not (head and (n == head or n.startswith(head + ".")))}
+                if not (head and models.under(n, head))}
 
     wanted = shapes(model)
     for name in models.classification_models():
@@ -124,7 +124,7 @@ def architecture_name(model: nn.Module) -> str | None:
                 candidate = torchvision.models.get_model(name, weights=None)
             except Exception:  # a builder that cannot run on meta (RegNet's width arithmetic)
                 continue
-        for aux in ("AuxLogits", "aux1", "aux2"):
+        for aux in models.AUX_HEADS:
             if getattr(model, aux, 1) is None and isinstance(getattr(candidate, aux, None), nn.Module):
                 setattr(candidate, aux, None)
         if shapes(candidate) == wanted:

@@ -26,13 +26,11 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from tlhelpers.freezing import BATCHNORM_TYPES, batchnorm_layers
+from tlhelpers.models import under
+
 #: Normalisation layers whose scale and shift (``weight``, ``bias``) the "norm affine" switch trains.
-NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
-
-
-def _matches(parameter: str, member: str) -> bool:
-    return parameter == member or parameter.startswith(member + ".")
+NORM_TYPES = (*BATCHNORM_TYPES, nn.LayerNorm, nn.GroupNorm)
 
 
 @dataclass(frozen=True)
@@ -70,14 +68,14 @@ def resolve_blocks(model: nn.Module, blocks: Mapping[str, Sequence[str] | str]) 
     for name, members in blocks.items():
         members = (members,) if isinstance(members, str) else tuple(members)
         missing = [m for m in members if not isinstance(m, str)
-                   or (m not in modules and not any(_matches(p, m) for p in parameters))]
+                   or (m not in modules and not any(under(p, m) for p in parameters))]
         if missing or not members:
             top = ", ".join(n for n, _ in model.named_children())
             direct = ", ".join(n for n, _ in model.named_parameters(recurse=False))
             raise KeyError(f"Block {name!r} names module(s) or parameter(s) {missing or list(members)} that "
                            f"the model does not have. Use dotted names; top-level modules are: {top}"
                            + (f"; parameters held by the model itself: {direct}" if direct else ""))
-        owned = tuple(p for p in parameters if any(_matches(p, m) for m in members))
+        owned = tuple(p for p in parameters if any(under(p, m) for m in members))
         if not owned:
             raise ValueError(f"Block {name!r} ({', '.join(members)}) has no parameters to freeze")
         for p in owned:
@@ -102,11 +100,10 @@ def norm_parameters(model: nn.Module, block: Block) -> tuple[str, ...]:
     return tuple(found)
 
 
-def batchnorm_layers(model: nn.Module, block: Block) -> list[nn.Module]:
-    """BatchNorm layers (with running statistics) inside the block's module members."""
-    return [module for name, module in model.named_modules()
-            if isinstance(module, BATCHNORM_TYPES) and module.running_mean is not None
-            and any(_matches(name, m) for m in block.modules)]
+def block_batchnorms(model: nn.Module, block: Block) -> list[nn.Module]:
+    """The BatchNorm layers (with running statistics) inside the block's module members."""
+    return [module for name, module in batchnorm_layers(model).items()
+            if any(under(name, m) for m in block.modules)]
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from tlhelpers import models
 from tlhelpers.checks import integer
 from tlhelpers.simulator.batch import check_batch, default_batch
-from tlhelpers.simulator.blocks import (Block, Layout, batchnorm_layers, forward_layout, norm_parameters,
+from tlhelpers.simulator.blocks import (Block, Layout, block_batchnorms, forward_layout, norm_parameters,
                                         ordered, resolve_blocks)
 from tlhelpers.simulator.costs import CostTable
 from tlhelpers.simulator.measure import measure_cases, measure_cost, untouched
@@ -42,7 +42,6 @@ OPTIMIZERS = {"sgd": 0.01, "adam": 0.001}  # name -> default learning rate
 STATE_KEYS = ("frozen", "seed", "bn_train_when_frozen", "stale_gradients", "train_norm_affine",
               "optimizer", "lr", "momentum")
 #: Auxiliary classifiers torchvision models compute in train mode, beside the main output.
-AUX_HEADS = ("AuxLogits", "aux1", "aux2")
 
 
 class FreezeSim:
@@ -512,7 +511,7 @@ class FreezeSim:
         self.blocks: OrderedDict[str, list[str]] = OrderedDict(
             (name, list(block.members)) for name, block in self._blocks.items())
         self._norm_params = {name: norm_parameters(self.model, b) for name, b in self._blocks.items()}
-        self._bn_layers = {name: batchnorm_layers(self.model, b) for name, b in self._blocks.items()}
+        self._bn_layers = {name: block_batchnorms(self.model, b) for name, b in self._blocks.items()}
         self._bn_blocks = {name: bool(layers) for name, layers in self._bn_layers.items()}
 
     def _check_blocks(self, names) -> None:
@@ -654,7 +653,7 @@ class FreezeSim:
 
 def _drop_aux_heads(model: nn.Module) -> None:
     """Remove auxiliary classifiers: the simulator's loss uses the main output only."""
-    for name in AUX_HEADS:
+    for name in models.AUX_HEADS:
         if isinstance(getattr(model, name, None), nn.Module):
             setattr(model, name, None)
     if getattr(model, "aux_logits", False):
