@@ -1,6 +1,6 @@
 """Measure the course's performance claims as ratios, side by side, in one run.
 
-Usage: python benchmarks/run.py [--only fit,cache,memory,notebooks,simulator] [--repeats N]
+Usage: python benchmarks/run.py [--only fit,cache,memory,notebooks,simulator,serving] [--repeats N]
 
 Each figure compares two ways of doing the same work on this machine in the same run, repeated
 and reported as the median, so machine speed cancels out. Nothing here is asserted by the
@@ -36,7 +36,7 @@ RESULTS = ROOT / "benchmarks" / "results.md"
 #: Every section's latest rows, so `--only` re-measures some sections and keeps the others.
 RESULTS_JSON = ROOT / "benchmarks" / "results.json"
 WEIGHTS = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
-SECTIONS = ("fit", "cache", "memory", "notebooks", "simulator")
+SECTIONS = ("fit", "cache", "memory", "notebooks", "simulator", "serving")
 
 
 def median_of(values: list[float]) -> float:
@@ -131,6 +131,46 @@ def bench_cache(repeats: int, epochs: int = 10) -> list[tuple[str, str, str]]:
              f"{median_of(speedups):.1f}x", "naive time / (one cached pass + head epochs); target >= 6x")]
 
 
+# --------------------------------------------------------------------------- serving a bundle
+
+def bench_serving(repeats: int, calls: int = 20) -> list[tuple[str, str, str]]:
+    """Latency of the exported bundle (torch.export program, ONNX Runtime) against eager PyTorch."""
+    import tempfile
+
+    from tlhelpers import bundle, serving
+
+    model, transform = models.load_model("mobilenet_v2", weights="IMAGENET1K_V1", image_size=224)
+    models.replace_head(model, 10)
+    model.eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle.export(model, Path(tmp) / "b", classes=[str(i) for i in range(10)], transform=transform,
+                      backbone="mobilenet_v2", weights="MobileNet_V2_Weights.IMAGENET1K_V1")
+        runners = {"eager": model, "pt2": serving.Predictor(Path(tmp) / "b", "pt2"),
+                   "onnx": serving.Predictor(Path(tmp) / "b", "onnx")}
+        for batch in (1, 32):
+            x = torch.randn(batch, 3, 224, 224)
+            call = {"eager": lambda: model(x), "pt2": lambda: runners["pt2"](x.numpy()),
+                    "onnx": lambda: runners["onnx"](x.numpy())}
+            times: dict[str, list[float]] = {name: [] for name in call}
+            with torch.inference_mode():
+                for name in call:
+                    call[name]()                     # warm-up
+                for _ in range(repeats):
+                    for name in call:                # alternated within each repeat
+                        began = time.perf_counter()
+                        for _ in range(calls if batch == 1 else max(1, calls // 8)):
+                            call[name]()
+                        times[name].append(time.perf_counter() - began)
+            eager = median_of(times["eager"])
+            for name in ("pt2", "onnx"):
+                rows.append((f"bundle {name} / eager PyTorch, time per call (mobilenet_v2, 224 px, batch {batch})",
+                             f"{median_of(times[name]) / eager:.2f}x",
+                             f"eager {1000 * eager / (calls if batch == 1 else max(1, calls // 8)):.1f} ms per call; "
+                             "below 1 is faster"))
+    return rows
+
+
 # --------------------------------------------------------------------------- 3. peak memory
 
 MEMORY_CHILD = r"""
@@ -194,7 +234,7 @@ def bench_notebooks() -> list[tuple[str, str, str]]:
         finally:
             copy_path.unlink(missing_ok=True)
         total += seconds
-        target = "target < 180 s" if path.name[:2] in ("08", "09") else "target < 120 s"
+        target = "target < 180 s" if path.name[:2] in ("08", "09", "10") else "target < 120 s"
         rows.append((f"notebook {path.stem}, headless run with defaults", f"{seconds:.0f} s", target))
     rows.append(("whole series, headless", f"{total / 60:.1f} min", "target < 10 min on 2 cores"))
     return rows
@@ -350,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
     benches = {"fit": lambda: bench_fit(args.repeats), "cache": lambda: bench_cache(args.repeats),
                "memory": lambda: bench_memory(args.repeats), "notebooks": bench_notebooks,
-               "simulator": lambda: bench_simulator(args.repeats)}
+               "simulator": lambda: bench_simulator(args.repeats), "serving": lambda: bench_serving(args.repeats)}
     measured: dict[str, list[tuple[str, str, str]]] = {}
     for section in chosen:
         began = time.perf_counter()
