@@ -12,12 +12,12 @@ ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 # Without this, OpenMP threads spin and torch slows down badly on a busy 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup lab test unit notebooks bench simulator clean
+.PHONY: setup lab test unit notebooks bench simulator lock clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt constraints.txt pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	@echo "Installing the course environment into $(VENV) (a few minutes the first time)..."
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(PY) -m pip install --disable-pip-version-check -q -e . --no-deps 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@touch $@
 
@@ -33,7 +33,8 @@ lab: setup  ## open the course in JupyterLab
 test: setup  ## the whole suite, offline: unit tests, browser tests, every notebook through nbval
 	scripts/offline $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider --durations=30
 
-unit: setup  ## only the package's unit tests (fast), offline
+unit: setup  ## lint (ruff) and the package's unit tests (fast), offline
+	$(VENV)/bin/ruff check tlhelpers tests scripts benchmarks
 	scripts/offline $(PY) -m pytest tests --ignore=tests/ui --ignore=tests/series --ignore=tests/distributed -p no:cacheprovider
 
 notebooks: setup  ## re-execute every notebook in place so stored outputs match the code
@@ -45,6 +46,11 @@ bench: setup  ## measure ratios side by side; writes benchmarks/results.md
 simulator: setup  ## the freeze-toggle simulator as a standalone page (Voila)
 	@echo "Serving the simulator on http://$(HOST):$(PORT) (Ctrl-C to stop)"
 	$(VENV)/bin/voila notebooks/simulator.ipynb --no-browser --port=$(PORT) --Voila.ip=$(HOST)
+
+lock: $(STAMP)  ## record the exact versions installed now in constraints.txt (after changing requirements.txt)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	{ head -2 constraints.txt; $(PY) -m pip freeze --exclude-editable --disable-pip-version-check; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) test-artifacts

@@ -113,7 +113,7 @@ def bars_over_seeds(results: Mapping[str, Sequence[float]], ylabel: str = "valid
         ax.axhline(chance, color="grey", ls=":", lw=1)
         ax.text(len(names) - 0.5, chance, " chance", va="bottom", ha="right", fontsize=8, color="grey")
     ax.set_xticks(range(len(names)), names, fontsize=9, rotation=15 if len(names) > 4 else 0)
-    ax.set(ylabel=ylabel, title=title or f"mean over seeds; bar: worst to best seed; dots: each seed")
+    ax.set(ylabel=ylabel, title=title or "mean over seeds; bar: worst to best seed; dots: each seed")
     if percent:
         ax.set_ylim(0, 1)
         ax.yaxis.set_major_formatter(lambda value, _: f"{value:.0%}")

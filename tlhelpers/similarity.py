@@ -44,12 +44,12 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     if len(x) < 2:
         raise ValueError("CKA needs at least 2 examples")
     x, y = x - x.mean(dim=0), y - y.mean(dim=0)
-    k, l = x @ x.T, y @ y.T
-    norm_k, norm_l = torch.linalg.matrix_norm(k), torch.linalg.matrix_norm(l)
-    for name, norm in (("x", norm_k), ("y", norm_l)):
+    gram_x, gram_y = x @ x.T, y @ y.T
+    norm_x, norm_y = torch.linalg.matrix_norm(gram_x), torch.linalg.matrix_norm(gram_y)
+    for name, norm in (("x", norm_x), ("y", norm_y)):
         if norm == 0:
             raise ValueError(f"{name} is the same for every example (no variance); CKA is undefined")
-    return float((k * l).sum() / (norm_k * norm_l))
+    return float((gram_x * gram_y).sum() / (norm_x * norm_y))
 
 
 @torch.no_grad()
