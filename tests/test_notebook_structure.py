@@ -166,15 +166,16 @@ def test_no_sentence_the_course_once_got_wrong(notebook):
 
 
 def test_ends_with_summary(notebook):
-    """The last section is ## Summary, or ## Appendix right after it."""
+    """The last section is ## Summary; only ## Going further: ... deep dives and an ## Appendix may follow it."""
     path, nb = notebook
     sections = [heading(cell) for cell in nb.cells if cell.cell_type == "markdown"
                 and re.match(r"##\s", heading(cell))]
     assert sections, f"{path.name} has no ## sections"
-    if re.match(r"##\s+Appendix\b", sections[-1]):
+    while len(sections) > 1 and re.match(r"##\s+(Appendix|Going further:)", sections[-1]):
         sections = sections[:-1]
     assert re.match(r"##\s+Summary\b", sections[-1]), \
-        f"{path.name}: the last section must be '## Summary' (an '## Appendix' may follow it)"
+        (f"{path.name}: the last section must be '## Summary' (only '## Going further: ...' deep dives and "
+         "an '## Appendix' may follow it)")
 
 
 def test_executed_cleanly(notebook):
