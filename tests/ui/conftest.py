@@ -129,13 +129,12 @@ def _serve(command: list[str], base: str, probe: str, tmp: Path, name: str) -> I
         shutil.copyfile(log, ARTIFACTS / f"{name}.log")
 
 
-@pytest.fixture(scope="session")
-def lab_url(tmp_path_factory) -> Iterator[str]:
-    """Base URL of a JupyterLab server on 127.0.0.1 rooted at the repository, no token."""
+def _lab(tmp_path_factory, name: str, settings_values: dict) -> Iterator[str]:
+    """A JupyterLab server on 127.0.0.1 rooted at the repository, no token, with these user settings."""
     _require_chromium()
-    tmp = tmp_path_factory.mktemp("lab")
+    tmp = tmp_path_factory.mktemp(name)
     settings = tmp / "user-settings"
-    for relative, values in LAB_SETTINGS.items():
+    for relative, values in settings_values.items():
         path = settings / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
@@ -148,7 +147,20 @@ def lab_url(tmp_path_factory) -> Iterator[str]:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")
     base = f"http://127.0.0.1:{port}"
-    yield from _serve(command, base, "/api/status", tmp, "jupyterlab")
+    yield from _serve(command, base, "/api/status", tmp, name)
+
+
+@pytest.fixture(scope="session")
+def lab_url(tmp_path_factory) -> Iterator[str]:
+    """Base URL of a JupyterLab server (light theme) on 127.0.0.1 rooted at the repository, no token."""
+    yield from _lab(tmp_path_factory, "jupyterlab", LAB_SETTINGS)
+
+
+@pytest.fixture(scope="session")
+def dark_lab_url(tmp_path_factory) -> Iterator[str]:
+    """The same, in JupyterLab's dark theme (its own server: a theme is a user setting)."""
+    dark = {**LAB_SETTINGS, "@jupyterlab/apputils-extension/themes.jupyterlab-settings": {"theme": "JupyterLab Dark"}}
+    yield from _lab(tmp_path_factory, "jupyterlab-dark", dark)
 
 
 @pytest.fixture(scope="session")

@@ -81,20 +81,24 @@ async ([root, name]) => {
 }
 """
 
-#: Click Train step and time it to the frame that shows the new report; sample the dots.
+#: Click Train step and time it to the frame that shows the new report; then wait (up to 10 s)
+#: for the widget to count a completed pass of the gradient dots (it records each in
+#: data-animations), instead of sampling their positions at fixed delays.
 STEP_IN_PAGE = """
 async (root) => {
   const before = Number(root.querySelector(".fv-step-number").textContent);
+  const animationsBefore = Number(root.dataset.animations || 0);
   const started = performance.now();
   const drawn = new Promise((resolve) => root.addEventListener("freeze-view:drawn",
     (event) => { if (event.detail.kind === "step") resolve(performance.now() - started); }));
   root.querySelector(".fv-step").click();
-  await new Promise((resolve) => setTimeout(resolve, 60));
-  const dots = [...root.querySelectorAll(".fv-dot")].map((d) => Number(d.getAttribute("cx")));
-  await new Promise((resolve) => setTimeout(resolve, 120));
-  const later = [...root.querySelectorAll(".fv-dot")].map((d) => Number(d.getAttribute("cx")));
   const ms = await drawn;
-  return { before, after: Number(root.querySelector(".fv-step-number").textContent), ms, dots, later };
+  const waitUntil = performance.now() + 10000;
+  while (Number(root.dataset.animations || 0) === animationsBefore && performance.now() < waitUntil) {
+    await new Promise((resolve) => requestAnimationFrame(resolve));
+  }
+  return { before, after: Number(root.querySelector(".fv-step-number").textContent), ms, animationsBefore,
+           animationsAfter: Number(root.dataset.animations || 0), status: root.querySelector(".fv-busy").textContent };
 }
 """
 
@@ -189,7 +193,8 @@ def _toggle_and_step(page: Page, view: Locator, artifacts: Path, surface: str) -
         result = page.evaluate(STEP_IN_PAGE, handle)
         assert result["after"] == result["before"] + 1
         if view.locator(".fv-gradient-line").count():
-            assert result["dots"] and result["dots"] != result["later"], "the gradient dots travel"
+            assert result["animationsAfter"] > result["animationsBefore"], "the gradient dots travelled the path"
+        assert result["status"] == "", f"the status line clears once the kernel has answered: {result['status']!r}"
         steps.append(result["ms"])
         if index == 0:
             _shot(view, artifacts / f"simulator-{surface}-step.png")
@@ -208,7 +213,7 @@ def _toggle_and_step(page: Page, view: Locator, artifacts: Path, surface: str) -
     _record(artifacts, surface, "Train step -> report drawn, in page (ms)", steps)
     _record(artifacts, surface, "Train step -> report drawn, playwright click to DOM check (ms)", polled)
     view.locator(".fv-step").click()  # once more, to catch the gradient dots on their way back
-    page.wait_for_timeout(120)
+    expect(view.locator(".fv-dot").first).to_be_attached(timeout=STEP_TIMEOUT_MS)
     _shot(view, artifacts / f"simulator-{surface}-step-animation.png")
     _wait_idle(view)
     expect(view.locator(".fv-table tbody tr")).to_have_count(len(names))
@@ -307,6 +312,76 @@ def test_simulator_notebook_in_jupyterlab(lab_url: str, page: Page, artifacts: P
     expect(view.locator(".fv-ab polyline")).to_have_count(2)
     _shot(view, artifacts / "simulator-feature-ab.png")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"the test changed {relative}"
+
+
+#: WCAG contrast of every visible text element of the widget against the background it sits on
+#: (the first opaque background up its ancestors, the page's if none).
+CONTRAST_IN_PAGE = """
+(root) => {
+  const rgb = (text) => (text.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => [r, g, b].map((c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; })
+    .reduce((sum, c, i) => sum + c * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = (node) => {
+    for (let n = node; n; n = n.parentElement) {
+      const c = rgb(getComputedStyle(n).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0.9)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const rows = [];
+  for (const node of root.querySelectorAll("*")) {
+    if (node.closest("svg") || !node.offsetParent) continue;
+    const own = [...node.childNodes].some((c) => c.nodeType === 3 && c.textContent.trim());
+    if (!own || getComputedStyle(node).visibility === "hidden") continue;
+    const fg = lum(rgb(getComputedStyle(node).color).slice(0, 3)), bg = lum(background(node));
+    const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    rows.push({ text: node.textContent.trim().slice(0, 40), cls: node.className, ratio: Math.round(ratio * 100) / 100,
+                disabled: Boolean(node.closest(":disabled")) });
+  }
+  return { rows, theme: document.body.dataset.jpThemeLight };
+}
+"""
+
+
+#: Shut every kernel down through the server's REST API, from the page (it holds the XSRF cookie).
+SHUT_DOWN_KERNELS = """
+async () => {
+  const xsrf = (document.cookie.match(/(?:^|; )_xsrf=([^;]+)/) || [])[1];
+  const headers = xsrf ? { "X-XSRFToken": decodeURIComponent(xsrf) } : {};
+  const kernels = await (await fetch("/api/kernels")).json();
+  for (const kernel of kernels) {
+    const answer = await fetch(`/api/kernels/${kernel.id}`, { method: "DELETE", headers });
+    if (!answer.ok) throw new Error(`DELETE kernel ${kernel.id}: HTTP ${answer.status}`);
+  }
+  return kernels.length;
+}
+"""
+
+
+def test_dark_theme_text_is_readable_and_a_dead_kernel_does_not_lock_the_buttons(dark_lab_url: str, page: Page,
+                                                                                  artifacts: Path) -> None:
+    relative = NOTEBOOKS[1]
+    view = _open_lab(page, dark_lab_url, relative)
+    expect(view.get_by_text("Loading widget")).to_have_count(0)
+    view.locator(".fv-step").click()                 # a report, so the table has text too
+    _wait_idle(view)
+    measured = page.evaluate(CONTRAST_IN_PAGE, view.element_handle())
+    assert measured["theme"] == "false", "JupyterLab is in a dark theme"
+    readable = [r for r in measured["rows"] if not r["disabled"]]
+    assert len(readable) > 20
+    poor = [r for r in readable if r["ratio"] < 4.5]
+    assert not poor, f"text below 4.5:1 contrast in the dark theme: {poor[:8]}"
+    _shot(view, artifacts / "simulator-dark-theme.png")
+
+    # The kernel goes away while a click waits for it: the widget gives up, says so, re-enables.
+    view.evaluate("(root) => { root.dataset.pendingTimeoutMs = '3000'; }")
+    stopped = page.evaluate(SHUT_DOWN_KERNELS)
+    assert stopped >= 1, "the notebook's kernel was shut down"
+    view.locator(".fv-step").evaluate("(button) => button.click()")   # past any "kernel died" dialog
+    expect(view).to_have_attribute("data-kernel", "lost", timeout=20000)
+    expect(view.locator(".fv-error")).to_contain_text("No answer from the kernel")
+    expect(view.locator(".fv-step")).to_be_enabled()
+    expect(view.locator(".fv-busy")).to_have_text("")
 
 
 def test_simulator_page_in_voila(voila_url: str, page: Page, browser_context, artifacts: Path) -> None:

@@ -213,13 +213,23 @@ const SWITCHES = [
 
 // --------------------------------------------------------------------------- the widget
 
+/** How long a click waits for the kernel before the widget gives up on it (a dead or restarted
+ *  kernel never answers): the buttons work again and a sentence says what happened. */
+const PENDING_TIMEOUT_MS = 120000;
+/** How long a passing status ("Scenario copied") stays before it clears. */
+const FLASH_MS = 2500;
+/** Colours the notebook's theme decides (text, muted text, bar track): the palette leaves them alone. */
+const THEME_KEYS = new Set(["ink", "muted", "baseline"]);
+
 function render({ model, el }) {
   const view = {
     frozen: model.get("frozen") || [],
     switches: { ...(model.get("switches") || {}) },
-    pending: null,        // {kind, started} while the kernel works on a click
+    pending: null,        // {kind, started, text} while the kernel works on a click
     lastReportStep: (model.get("report") || {}).step || 0,
     animation: null,
+    timers: {},           // every timeout by purpose, all cleared when the view goes away
+    animations: 0,        // gradient-dot passes completed (the browser test reads it)
   };
   const root = h("div", { class: "fv", "data-kernel": "idle" });
   el.append(root);
@@ -297,14 +307,49 @@ function render({ model, el }) {
   // ------------------------------------------------------------------ actions
   function act(action, extra = {}) {
     if (view.pending) return;
-    view.pending = { kind: action, started: performance.now() };
-    root.dataset.kernel = "busy";
-    busy.textContent = { step: "Training one step…", train: "Training…", rank: "Computing every block's gradient…",
+    const text = { step: "Training one step…", train: "Training…", rank: "Computing every block's gradient…",
       compare: "Running A and B…", arch: "Loading the model…", scenario: "Opening the scenario…", reset: "Resetting…",
       pin: "Pinning…", settings: "Applying…" }[action] || "Working…";
+    view.pending = { kind: action, started: performance.now(), text };
+    root.dataset.kernel = "busy";
+    error.textContent = get("error") || "";
+    showStatus();
     setButtons();
     if (action === "step") startDots();
+    later("pending", giveUp, Number(root.dataset.pendingTimeoutMs) || PENDING_TIMEOUT_MS);
     model.send({ action, ...extra });
+  }
+
+  /** One timer per purpose: setting it again replaces the old one; the cleanup clears them all. */
+  function later(purpose, callback, ms) {
+    clearTimeout(view.timers[purpose]);
+    view.timers[purpose] = setTimeout(() => { delete view.timers[purpose]; callback(); }, ms);
+  }
+
+  /** The status line: the kernel's own word while it has one, else what the pending click is
+   *  doing, else nothing (so no "Measuring…" or "Scenario copied" outlives its moment). */
+  function showStatus() {
+    busy.textContent = get("busy") || (view.pending ? view.pending.text : "") || view.flash || "";
+  }
+
+  function flash(text) {
+    view.flash = text;
+    showStatus();
+    later("flash", () => { view.flash = ""; showStatus(); }, FLASH_MS);
+  }
+
+  /** The kernel did not answer in time (it died, restarted, or hangs): stop waiting, say so. */
+  function giveUp() {
+    if (!view.pending) return;
+    const { kind, started } = view.pending;
+    view.pending = null;
+    stopDots();
+    root.dataset.kernel = "lost";
+    error.textContent = `No answer from the kernel after ${Math.round((performance.now() - started) / 1000)} s ` +
+      `(“${kind}”): it may have stopped or restarted. The buttons work again; if nothing happens when you ` +
+      "press one, restart the kernel and run the cell again.";
+    showStatus();
+    setButtons();
   }
 
   function setButtons() {
@@ -366,8 +411,8 @@ function render({ model, el }) {
 
   async function copyScenario() {
     scenarioOut.select();
-    try { await navigator.clipboard.writeText(scenarioOut.value); busy.textContent = "Scenario copied"; }
-    catch { document.execCommand && document.execCommand("copy"); busy.textContent = "Scenario selected: copy it"; }
+    try { await navigator.clipboard.writeText(scenarioOut.value); flash("Scenario copied"); }
+    catch { document.execCommand && document.execCommand("copy"); flash("Scenario selected: copy it"); }
   }
 
   function openScenario() {
@@ -396,8 +441,7 @@ function render({ model, el }) {
     scenarioOut.value = scenario;
     if (get("url_state") && document.body && document.body.dataset.voila !== undefined && scenario) {
       // Off the click's path (replaceState can take ~10 ms): the address follows a moment later.
-      clearTimeout(view.addressTimer);
-      view.addressTimer = setTimeout(() => history.replaceState(null, "", `${location.pathname}?${scenario}`), 150);
+      later("address", () => history.replaceState(null, "", `${location.pathname}?${scenario}`), 150);
     }
   }
 
@@ -723,6 +767,7 @@ function render({ model, el }) {
     layer.replaceChildren(...dots);
     const duration = 700, stagger = 110, linger = 500;
     const began = performance.now();
+    let counted = false;
     const frame = (now) => {
       const t = now - began;
       dots.forEach((dot, i) => {
@@ -731,6 +776,10 @@ function render({ model, el }) {
         dot.setAttribute("opacity", local >= 1 ? "0.45" : "1");
       });
       const arrived = t > duration + 3 * stagger;
+      if (arrived && !counted && startX !== endX) {   // a pass the dots really travelled
+        counted = true;
+        root.dataset.animations = String(++view.animations);
+      }
       const stepping = view.pending && view.pending.kind === "step";
       if (arrived && stepping) startDots();
       else if (arrived && t > duration + 3 * stagger + linger) { layer.replaceChildren(); view.animation = null; }
@@ -758,7 +807,9 @@ function render({ model, el }) {
     optimizerSelect.value = opt.name || "sgd";
     seedInput.value = String(get("seed") ?? 0);
     const palette = get("palette") || {};
-    for (const [key, value] of Object.entries(palette)) root.style.setProperty(`--fv-${key}`, value);
+    for (const [key, value] of Object.entries(palette)) {
+      if (!THEME_KEYS.has(key)) root.style.setProperty(`--fv-${key}`, value);
+    }
   }
 
   function finishPending(kind) {
@@ -766,8 +817,9 @@ function render({ model, el }) {
     const { started } = view.pending;
     const done = view.pending.kind;
     view.pending = null;
+    clearTimeout(view.timers.pending);
     root.dataset.kernel = "idle";
-    busy.textContent = "";
+    showStatus();
     setButtons();
     markDrawn(kind || done, started);
   }
@@ -796,7 +848,7 @@ function render({ model, el }) {
   model.on("change:pinned", () => drawAB());
   model.on("change:comparison", () => drawAB());
   model.on("change:error", () => { error.textContent = get("error") || ""; });
-  model.on("change:busy", () => { if (get("busy")) busy.textContent = get("busy"); });
+  model.on("change:busy", showStatus);
   for (const key of ["arch", "arch_options", "weights_note", "optimizer", "seed", "palette", "blocks"]) {
     model.on(`change:${key}`, () => { drawStatic(); if (key === "blocks") syncFromModel(); });
   }
@@ -810,7 +862,11 @@ function render({ model, el }) {
   // A link with a scenario (Voila keeps it in the address) that this kernel did not start from.
   syncFromModel();
   error.textContent = get("error") || "";
-  return () => stopDots();
+  return () => {   // the view is removed (cell cleared, notebook closed): nothing may fire later
+    stopDots();
+    for (const timer of Object.values(view.timers)) clearTimeout(timer);
+    view.timers = {};
+  };
 }
 
 export default { render };
