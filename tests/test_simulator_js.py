@@ -22,7 +22,7 @@ import pytest
 import torch
 import torchvision
 
-from tlhelpers.simulator import FreezeSim, default_batch, describe_flow, scenario
+from tlhelpers.simulator import FreezeSim, default_batch, describe_flow, scenario, vocabulary
 from tlhelpers.simulator.figure import human, share_text
 from tlhelpers.simulator.view import block_rows
 
@@ -44,6 +44,7 @@ RUNNER = r"""
 const fs = require("fs");
 const [source, inputs] = [fs.readFileSync(process.argv[2], "utf8"), JSON.parse(fs.readFileSync(process.argv[3], "utf8"))];
 import("data:text/javascript;base64," + Buffer.from(source).toString("base64")).then((js) => {
+  js.useVocabulary(inputs.vocabulary);
   const out = inputs.cases.map((c) => {
     const states = js.blockStates(inputs.blocks, c.frozen, c.switches);
     const path = js.backwardPath(inputs.table.order, inputs.table.parameterBlocks, states);
@@ -103,7 +104,7 @@ def test_javascript_matches_python(which, node, pretrained_mobilenet_v2, tmp_pat
                 rng.choice([1, 1000, 1e6, 5e9])] for _ in range(60)] + [[995, 1000], [4, 1000], [1, 0], [1000, 1000]]
     inputs = {"blocks": block_rows(sim), "table": sim.cost_table().to_json(), "cases": cases,
               "slots": sim.optimizer_slots(), "base": scenario.encode(which, state), "numbers": numbers,
-              "head": sim.head_block}
+              "head": sim.head_block, "vocabulary": vocabulary.for_browser()}
     result = run_node(node, inputs, tmp_path)
 
     for case, js in zip(cases, result["out"]):
@@ -130,3 +131,11 @@ def test_javascript_matches_python(which, node, pretrained_mobilenet_v2, tmp_pat
                 names[:-3], [n for n in names if n != head], names[1:], []]
     assert [p["frozen"] for p in result["presets"]] == expected
     assert [p["switches"]["train_norm_affine"] for p in result["presets"]] == [False, False, False, True, False, False]
+
+
+def test_the_javascript_keeps_no_copy_of_the_vocabulary():
+    """States and switches are defined once, in Python, and sent to the widget: a new switch is one edit."""
+    source = JS.read_text()
+    words = list(vocabulary.STATE_WORDS.values())[2:] + [label for _, _, label in vocabulary.SWITCHES]
+    words += [f'"{short}"' for _, short, _ in vocabulary.SWITCHES]
+    assert not [w for w in words if w in source], "freeze_view.js repeats words vocabulary.py defines"

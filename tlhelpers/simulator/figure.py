@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
+from tlhelpers.simulator import vocabulary
 from tlhelpers.simulator.palette import PALETTE
 from tlhelpers.simulator.report import describe_flow
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 FROZEN, TRAINABLE, GRADIENT = PALETTE["frozen"], PALETTE["trainable"], PALETTE["gradient"]
 DRIFT, MUTED, BASELINE, INK = PALETTE["drift"], PALETTE["muted"], PALETTE["baseline"], PALETTE["ink"]
-STATE_WORDS = {"t": "trainable", "f": "frozen", "d": "frozen, BN drifts", "a": "frozen, norm trains"}
+STATE_WORDS = vocabulary.STATE_WORDS
 DPI = 80  # figure inches * DPI = pixels; small enough for a notebook output
 ROUNDED = "round,pad=0,rounding_size=8"
 

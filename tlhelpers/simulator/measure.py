@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from tlhelpers.simulator import vocabulary
 from tlhelpers.simulator.blocks import Block, Layout
 from tlhelpers.simulator.report import Cost
 
@@ -198,8 +199,8 @@ def measure_cost(model: nn.Module, compute_loss: Callable[[], torch.Tensor],
 #: A block's state: trainable, frozen (BatchNorm in eval mode), frozen with BatchNorm left in
 #: train mode (statistics drift), frozen but its normalisation layers' scale and shift trainable.
 STATES = ("t", "f", "d", "a")
-#: States in which a block has trainable parameters (its output needs a gradient).
-TRAINING_STATES = ("t", "a")
+#: States in which a block has trainable parameters (its output needs a gradient): vocabulary's.
+TRAINING_STATES = vocabulary.TRAINING_STATES
 
 
 def case_key(input_needs_grad: bool, states: Sequence[str]) -> str:

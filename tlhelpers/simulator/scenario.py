@@ -20,9 +20,10 @@ import re
 from typing import Mapping
 from urllib.parse import quote, unquote
 
-#: Scenario switch names -> FreezeSim state keys.
-SWITCHES = {"bn_train": "bn_train_when_frozen", "stale": "stale_gradients",
-            "norm_affine": "train_norm_affine"}
+from tlhelpers.simulator import vocabulary
+
+#: Scenario switch names -> FreezeSim state keys (from the vocabulary).
+SWITCHES = {short: key for key, short, _ in vocabulary.SWITCHES}
 KEYS = ("arch", "frozen", "seed", "opt", "switches")
 
 

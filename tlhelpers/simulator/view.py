@@ -23,7 +23,7 @@ from pathlib import Path
 import anywidget
 import traitlets
 
-from tlhelpers.simulator import architectures, scenario
+from tlhelpers.simulator import architectures, scenario, vocabulary
 from tlhelpers.simulator.palette import PALETTE
 from tlhelpers.simulator.report import StepReport
 from tlhelpers.simulator.sim import FreezeSim
@@ -112,6 +112,7 @@ class FreezeView(anywidget.AnyWidget):
     error = traitlets.Unicode("").tag(sync=True)
     url_state = traitlets.Bool(False).tag(sync=True)
     palette = traitlets.Dict(PALETTE).tag(sync=True)
+    vocabulary = traitlets.Dict(vocabulary.for_browser()).tag(sync=True)
 
     def __init__(self, sim: FreezeSim, *, arch: str | None = None, weights_note: str | None = None,
                  url_state: bool = False, **kwargs):

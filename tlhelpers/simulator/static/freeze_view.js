@@ -10,8 +10,15 @@
 // The pure functions are exported so tests can run them in node against the Python side.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-export const TRAINING_STATES = ["t", "a"];
-export const STATE_WORDS = { t: "trainable", f: "frozen", d: "frozen, BN drifts", a: "frozen, norm trains" };
+/** The words and switches, sent by the kernel (tlhelpers/simulator/vocabulary.py, their one
+ *  definition) before anything is drawn; `useVocabulary` installs them. */
+export const vocabulary = { stateWords: {}, trainingStates: [], switches: [] };
+export function useVocabulary(words) {
+  if (!words || !words.stateWords) throw new Error("the kernel sent no vocabulary (FreezeView.vocabulary)");
+  Object.assign(vocabulary, words);
+}
+const isTraining = (state) => vocabulary.trainingStates.includes(state);
+const stateWord = (state) => vocabulary.stateWords[state];
 
 // --------------------------------------------------------------------------- pure rules
 
@@ -35,7 +42,7 @@ export function backwardPath(order, parameterBlocks, states) {
   const onPath = [];
   let seenTraining = false;
   for (const name of order) {
-    const training = TRAINING_STATES.includes(states[name]);
+    const training = isTraining(states[name]);
     if (training || (seenTraining && !params.has(name))) onPath.push(name);
     seenTraining = seenTraining || training;
   }
@@ -43,7 +50,7 @@ export function backwardPath(order, parameterBlocks, states) {
   return {
     flow: onPath.slice().reverse(),
     stopAt: earliest > 0 ? order[earliest - 1] : null,
-    passThrough: onPath.filter((n) => !TRAINING_STATES.includes(states[n])),
+    passThrough: onPath.filter((n) => !isTraining(states[n])),
   };
 }
 
@@ -54,13 +61,13 @@ export function caseKeys(table, states) {
   for (const segment of table.segments) {
     const segmentStates = segment.blocks.map((b) => states[b]);
     keys.push((seenTraining ? "1" : "0") + segmentStates.join(""));
-    seenTraining = seenTraining || segmentStates.some((s) => TRAINING_STATES.includes(s));
+    seenTraining = seenTraining || segmentStates.some(isTraining);
   }
   return keys;
 }
 
 function isIdle(key) {
-  return key[0] === "0" && ![...key.slice(1)].some((s) => TRAINING_STATES.includes(s));
+  return key[0] === "0" && ![...key.slice(1)].some(isTraining);
 }
 
 /** Backward FLOPs and saved activation bytes of a configuration: CostTable.cost.
@@ -143,12 +150,10 @@ function encodeName(name) {
     Array.from(new TextEncoder().encode(c), (b) => "%" + b.toString(16).toUpperCase().padStart(2, "0")).join(""));
 }
 
-export const SWITCH_NAMES = { bn_train: "bn_train_when_frozen", stale: "stale_gradients", norm_affine: "train_norm_affine" };
-
 /** The scenario string (scenario.encode) with this frozen set and these switches. */
 export function scenarioWith(base, order, frozen, switches) {
   const isFrozen = new Set(frozen);
-  const on = Object.entries(SWITCH_NAMES).filter(([, key]) => switches[key]).map(([short]) => short);
+  const on = vocabulary.switches.filter((sw) => switches[sw.key]).map((sw) => sw.short);
   const fields = base.split("&").map((field) => {
     if (field.startsWith("frozen=")) return "frozen=" + order.filter((b) => isFrozen.has(b)).map(encodeName).join(",");
     if (field.startsWith("switches=")) return "switches=" + on.join(",");
@@ -205,11 +210,6 @@ const PRESETS = [
   ["all", "Everything", "Fine-tune every block"],
 ];
 
-const SWITCHES = [
-  ["bn_train_when_frozen", "Frozen BatchNorm left in train mode (its statistics drift)"],
-  ["stale_gradients", "Stale gradients: optimizer built before freezing, zero_grad(set_to_none=False)"],
-  ["train_norm_affine", "Frozen blocks still train their normalisation scale and shift"],
-];
 
 // --------------------------------------------------------------------------- the widget
 
@@ -222,6 +222,7 @@ const FLASH_MS = 2500;
 const THEME_KEYS = new Set(["ink", "muted", "baseline"]);
 
 function render({ model, el }) {
+  useVocabulary(model.get("vocabulary"));
   const view = {
     frozen: model.get("frozen") || [],
     switches: { ...(model.get("switches") || {}) },
@@ -265,7 +266,7 @@ function render({ model, el }) {
   const rankButton = button("fv-rank", "Rank blocks by |g|/|w|", () => act("rank"),
     "One full backward pass with every block trainable; nothing is updated");
   const switchBoxes = {};
-  const switchRow = h("div", { class: "fv-switches" }, SWITCHES.map(([key, label]) => {
+  const switchRow = h("div", { class: "fv-switches" }, vocabulary.switches.map(({ key, label }) => {
     const box = h("input", { type: "checkbox", class: `fv-switch fv-switch-${key}`, onchange: () => setSwitch(key, box.checked) });
     switchBoxes[key] = box;
     return h("label", { class: "fv-switch-label" }, box, " ", label);
@@ -480,14 +481,14 @@ function render({ model, el }) {
       const trainable = state === "t";
       const g = s("g", { class: `fv-block fv-state-${state}${onPath.has(item) ? " fv-on-path" : ""}`, "data-block": item,
         "data-state": state, tabindex: 0, role: "switch", "aria-checked": String(trainable),
-        "aria-label": `${item}: ${STATE_WORDS[state]}. Press Space to ${trainable ? "freeze" : "train"} it.` });
+        "aria-label": `${item}: ${stateWord(state)}. Press Space to ${trainable ? "freeze" : "train"} it.` });
       g.append(s("rect", { x: xs[i], y: top, width: widths[i], height, rx: 8, class: "fv-block-fill" }));
       if (!trainable) g.append(s("rect", { x: xs[i], y: top, width: widths[i], height, rx: 8, class: "fv-block-hatch" }));
       if (state === "a") g.append(s("rect", { x: xs[i], y: top + height - 9, width: widths[i], height: 9, rx: 3, class: "fv-block-norm" }));
       g.append(s("text", { x: cx, y: top + 19, "text-anchor": "middle", class: "fv-block-name" }, item));
       g.append(s("text", { x: cx, y: top + 34, "text-anchor": "middle", class: "fv-block-state" },
-        (trainable ? "" : "❄ ") + STATE_WORDS[state].replace("frozen, ", "")));
-      g.append(s("title", {}, `${item}: ${STATE_WORDS[state]} (click or Space to toggle)`));
+        (trainable ? "" : "❄ ") + stateWord(state).replace("frozen, ", "")));
+      g.append(s("title", {}, `${item}: ${stateWord(state)} (click or Space to toggle)`));
       g.addEventListener("click", () => toggle(item));
       g.addEventListener("keydown", (e) => {
         if (e.key === " " || e.key === "Enter") { e.preventDefault(); toggle(item); }
@@ -626,7 +627,7 @@ function render({ model, el }) {
         const drift = r && r.driftWhileFrozen ? h("strong", { class: "fv-drift-text" }, " drifted while frozen!") : null;
         return h("tr", { "data-block": name, class: `fv-row-${state}` },
           h("th", { scope: "row" }, name),
-          h("td", { class: `fv-state-word fv-word-${state}` }, STATE_WORDS[state]),
+          h("td", { class: `fv-state-word fv-word-${state}` }, stateWord(state)),
           h("td", {}, bar(`${name}:grad`, r ? r.gradNorm : null, topGrad, "fv-fill-grad", true),
             h("span", { class: "fv-num" }, r ? (r.gradNorm === null ? (r.passThrough ? "none · pass-through" : "none") : fmt(r.gradNorm)) : "")),
           h("td", {}, bar(`${name}:delta`, r ? r.weightDelta : 0, topDelta, r && r.movedWhileFrozen ? "fv-fill-alarm" : "fv-fill-train"),
@@ -679,7 +680,7 @@ function render({ model, el }) {
       const state = st[row.dataset.block];
       row.className = `fv-row-${state}`;
       const word = row.querySelector(".fv-state-word");
-      word.textContent = STATE_WORDS[state];
+      word.textContent = stateWord(state);
       word.className = `fv-state-word fv-word-${state}`;
       row.querySelector(".fv-spark")?.setAttribute("class", `fv-spark fv-spark-${state === "t" ? "t" : "f"}`);
     }
