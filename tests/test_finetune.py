@@ -185,3 +185,13 @@ def test_export_into_an_existing_folder_is_refused_before_any_work(tmp_path, cap
     err = fails(BASE + ["--export", str(tmp_path / "bundle"), "--out", str(tmp_path / "report")], capsys)
     assert "already exists; a bundle goes into a new folder" in err
     assert (tmp_path / "bundle" / "old.txt").read_text() == "keep me" and not (tmp_path / "report").exists()
+
+
+def test_dropout_flag_and_per_rank_seeds(capsys):
+    assert "--dropout must be in [0, 1)" in fails(BASE + ["--dropout", "1.5"], capsys)
+    model, _, _ = finetune.load_model(finetune.parser().parse_args(BASE + ["--dropout", "0"]))
+    args = finetune.parser().parse_args(BASE + ["--dropout", "0"])
+    finetune.prepare_model(model, args, 10)
+    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.0]
+    seeds = {finetune.rank_seed(7, rank) for rank in range(4)}
+    assert len(seeds) == 4 and finetune.rank_seed(7, 0) == 7     # one process keeps its seed

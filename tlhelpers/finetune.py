@@ -99,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="global batch size, split over the processes")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--bn-policy", default="frozen-eval", choices=freezing.BN_POLICIES)
+    p.add_argument("--dropout", type=float, metavar="P",
+                   help="set every Dropout layer's probability to P (0 switches Dropout off; default: keep the model's)")
     p.add_argument("--checkpoint", type=Path, help="written after every epoch")
     p.add_argument("--resume", action="store_true", help="continue the run in --checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --checkpoint")
@@ -128,6 +130,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.resume and args.checkpoint is None:
         raise UsageError("--resume needs --checkpoint, the file to continue from")
     check_paths(args)
@@ -237,6 +241,10 @@ def prepare_model(model: nn.Module, args: argparse.Namespace, num_classes: int) 
     """A new head (seeded, so every process starts alike), the freezing asked for; returns the head."""
     runtime.seed_everything(args.seed)
     head = models.replace_head(model, num_classes)
+    if args.dropout is not None:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = args.dropout
     if args.freeze == ["backbone"]:
         freezing.freeze_backbone(model)
     elif args.freeze != ["none"]:
@@ -244,6 +252,11 @@ def prepare_model(model: nn.Module, args: argparse.Namespace, num_classes: int) 
     if args.unfreeze:
         freezing.unfreeze(model, *args.unfreeze)
     return head
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank``'s own random draws (Dropout masks, augmentation)."""
+    return seed + 1_000_003 * rank
 
 
 def make_optimizer(model: nn.Module, head: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
@@ -399,6 +412,11 @@ def run(args: argparse.Namespace) -> dict | None:
         if world.size > 1:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[world.local_rank] if device.type == "cuda" else None)
+        # What must match across processes is settled: the weights (seeded alike, and DDP
+        # broadcasts rank 0's when it wraps) and the data order (DistributedSampler's seed).
+        # What must differ is seeded per rank: Dropout masks (and augmentation) would otherwise
+        # repeat the same random draws in every process.
+        runtime.seed_everything(rank_seed(args.seed, world.rank))
         sampler = DistributedSampler(train, num_replicas=world.size, rank=world.rank, shuffle=True, seed=args.seed)
         train_loader = DataLoader(train, batch_size=args.batch_size // world.size, sampler=sampler, num_workers=0)
         val_loader = DataLoader(Subset(val, range(world.rank, len(val), world.size)), batch_size=256, num_workers=0)
