@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlhelpers import data, runtime, training
+from tlhelpers import checkpoints, data, runtime, training
 
 
 def digits_tensors(split: str = "train", per_class: int | None = 20) -> TensorDataset:
@@ -90,7 +90,7 @@ def test_a_checkpoint_loads_with_weights_only(digits, tmp_path):
     path = tmp_path / "run.pt"
     run(digits, 1, checkpoint=path)
     state = torch.load(path, weights_only=True)
-    assert state["format"] == training.CHECKPOINT_FORMAT
+    assert state["format"] == checkpoints.CHECKPOINT_FORMAT
     assert {"model", "optimizer", "scheduler", "rng", "data_rng", "history"} <= set(state)
 
 
@@ -107,7 +107,7 @@ def test_fit_refuses_to_overwrite_an_existing_checkpoint(digits, tmp_path):
     assert_same_tensors(before, state_of(model))
 
     training.fit(model, loader, None, sgd(model), 1, checkpoint=path, overwrite=True, progress=False)
-    assert training.read_checkpoint(path)["history"]["epoch"] == [1]
+    assert checkpoints.read_checkpoint(path)["history"]["epoch"] == [1]
 
 
 def test_a_mismatched_optimizer_changes_nothing(digits, tmp_path):
@@ -121,8 +121,8 @@ def test_a_mismatched_optimizer_changes_nothing(digits, tmp_path):
     before = state_of(model)
     for optimizer, reason in ((two_groups, "2 param groups|1 param groups"), (adam, "SGD, yours a Adam")):
         opt_before = copy.deepcopy(optimizer.state_dict())
-        with pytest.raises(training.CheckpointMismatchError, match=reason) as caught:
-            training.load_checkpoint(path, model, optimizer)
+        with pytest.raises(checkpoints.CheckpointMismatchError, match=reason) as caught:
+            checkpoints.load_checkpoint(path, model, optimizer)
         assert "Nothing was changed" in str(caught.value)
         assert_same_tensors(before, state_of(model))
         assert optimizer.state_dict() == opt_before
@@ -135,15 +135,15 @@ def test_a_mismatched_scheduler_or_missing_state_changes_nothing(digits, tmp_pat
     optimizer = sgd(model)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
     before = state_of(model)
-    with pytest.raises(training.CheckpointMismatchError, match="StepLR, yours a CosineAnnealingLR"):
-        training.load_checkpoint(path, model, optimizer, cosine)
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="StepLR, yours a CosineAnnealingLR"):
+        checkpoints.load_checkpoint(path, model, optimizer, cosine)
     assert_same_tensors(before, state_of(model))
     assert optimizer.state == {}
 
     no_optimizer = tmp_path / "weights-only.pt"
-    training.save_checkpoint(no_optimizer, model)
-    with pytest.raises(training.CheckpointMismatchError, match="no optimizer state"):
-        training.load_checkpoint(no_optimizer, small_cnn(seed=4), sgd(model))
+    checkpoints.save_checkpoint(no_optimizer, model)
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="no optimizer state"):
+        checkpoints.load_checkpoint(no_optimizer, small_cnn(seed=4), sgd(model))
 
 
 def write_plain_state_dict(path, model):
@@ -151,7 +151,7 @@ def write_plain_state_dict(path, model):
 
 
 def write_truncated(path, model):
-    training.save_checkpoint(path, model)
+    checkpoints.save_checkpoint(path, model)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
@@ -184,8 +184,8 @@ def test_a_file_save_checkpoint_did_not_write_gets_a_clear_error(tmp_path, write
     write(path, model)
     target = small_cnn(seed=9)
     before = state_of(target)
-    with pytest.raises(training.CheckpointError, match=message) as caught:
-        training.load_checkpoint(path, target)
+    with pytest.raises(checkpoints.CheckpointError, match=message) as caught:
+        checkpoints.load_checkpoint(path, target)
     assert str(path) in str(caught.value)
     assert "KeyError" not in str(caught.value)
     assert_same_tensors(before, state_of(target))
@@ -193,17 +193,17 @@ def test_a_file_save_checkpoint_did_not_write_gets_a_clear_error(tmp_path, write
 
 def test_a_missing_checkpoint_is_a_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="No checkpoint at"):
-        training.load_checkpoint(tmp_path / "nope.pt", small_cnn())
+        checkpoints.load_checkpoint(tmp_path / "nope.pt", small_cnn())
 
 
 def test_a_failed_save_leaves_no_partial_file_and_the_old_checkpoint(tmp_path, monkeypatch, files_under):
     path = tmp_path / "run.pt"
     model = small_cnn()
-    training.save_checkpoint(path, model, classes=["a", "b"])
+    checkpoints.save_checkpoint(path, model, classes=["a", "b"])
     saved = path.read_bytes()
 
     with pytest.raises(TypeError, match=r"checkpoint\['note'\] is a Arbitrary.*weights_only"):
-        training.save_checkpoint(path, model, note=Arbitrary())
+        checkpoints.save_checkpoint(path, model, note=Arbitrary())
 
     real_save = torch.save
 
@@ -215,14 +215,14 @@ def test_a_failed_save_leaves_no_partial_file_and_the_old_checkpoint(tmp_path, m
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        training.save_checkpoint(path, model)
+        checkpoints.save_checkpoint(path, model)
     assert files_under(tmp_path) == ["run.pt"]
     assert path.read_bytes() == saved
 
 
 def test_extras_must_not_reuse_checkpoint_keys(tmp_path):
     with pytest.raises(ValueError, match="rng are names the checkpoint itself uses"):
-        training.save_checkpoint(tmp_path / "x.pt", small_cnn(), rng="mine")
+        checkpoints.save_checkpoint(tmp_path / "x.pt", small_cnn(), rng="mine")
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -261,7 +261,7 @@ def test_the_best_weights_survive_a_resume(digits, tmp_path):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
         history = training.fit(model, DataLoader(train, batch_size=16), DataLoader(val, batch_size=64), optimizer,
                                epochs, keep_best="val_loss", checkpoint=path, resume=resume, progress=False)
-    state = training.read_checkpoint(path)
+    state = checkpoints.read_checkpoint(path)
     assert state["best_model"] is not None
     assert_same_tensors(state["best_model"], state_of(model))
     assert history.epoch == [1, 2, 3, 4]

@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 import torch
 
-from tlhelpers import data, finetune, training
+from tlhelpers import checkpoints, data, finetune
 
 BASE = ["--weights", "IMAGENET1K_V1", "--dataset", "digits", "--per-class", "5", "--val-per-class", "3",
         "--image-size", "32", "--epochs", "1", "--no-progress"]
@@ -67,7 +67,7 @@ def test_an_existing_checkpoint_needs_resume_or_overwrite(tmp_path, capsys):
 def test_resume_refuses_another_architecture_or_class_count(tmp_path, capsys):
     path = tmp_path / "three.pt"
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
-    training.save_checkpoint(path, model)
+    checkpoints.save_checkpoint(path, model)
     before = path.read_bytes()
     err = fails(BASE + ["--checkpoint", str(path), "--resume"], capsys)
     assert "saved from a Sequential with 3 classes; this model is a MobileNetV2 with 10 classes" in err
@@ -142,7 +142,7 @@ def test_resume_refuses_other_images_with_the_same_settings(finished_run, capsys
 
 
 def test_the_job_settings_travel_in_the_checkpoint(finished_run):
-    job = training.read_checkpoint(finished_run / "run.pt")["job"]
+    job = checkpoints.read_checkpoint(finished_run / "run.pt")["job"]
     assert job["settings"]["lr"] == 0.001 and job["settings"]["weights"] == "MobileNet_V2_Weights.IMAGENET1K_V1"
     assert "epochs" not in job["settings"] and job["classes"] == [str(d) for d in range(10)]
     assert set(job["versions"]) == {"torch", "torchvision", "tlhelpers"} and len(job["dataset"]) == 64

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"models"},
     {"freezing"},
     {"evaluation"},
+    {"checkpoints"},
     {"training"},
     {"plots", "corruptions", "lora", "robust", "similarity", "protocol", "bundle"},
     {"simulator", "finetune", "predict"},

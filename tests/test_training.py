@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlhelpers import data, evaluation, freezing, models, runtime, training
+from tlhelpers import checkpoints, data, evaluation, freezing, models, runtime, training
 
 WEIGHTS = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
 
@@ -120,14 +120,14 @@ def test_resume_refuses_another_architecture_or_class_count(digits, tmp_path):
                  progress=False)
     three = small_cnn(3)
     before = copy.deepcopy(three.state_dict())
-    with pytest.raises(training.CheckpointMismatchError, match="10 classes.*3 classes.*Nothing was changed"):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="10 classes.*3 classes.*Nothing was changed"):
         training.fit(three, train_loader, None, torch.optim.SGD(three.parameters(), lr=0.05), 2,
                      checkpoint=path, resume=True, progress=False)
     assert all(torch.equal(before[k], v) for k, v in three.state_dict().items())
 
     other = torchvision.models.mobilenet_v3_small(num_classes=10)
-    with pytest.raises(training.CheckpointMismatchError, match="Sequential.*MobileNetV3"):
-        training.load_checkpoint(path, other)
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="Sequential.*MobileNetV3"):
+        checkpoints.load_checkpoint(path, other)
 
 
 def test_schedulers_and_param_groups(digits):
@@ -189,7 +189,7 @@ def test_amp_on_cuda_runs_in_float16_and_checkpoints_the_scaler(digits, tmp_path
                            amp=True, device="cuda", checkpoint=tmp_path / "amp.pt", progress=False)
     assert set(dtypes) == {torch.float16}, "autocast should run the Linear layer in float16"
     assert all(math.isfinite(v) for v in history.train_loss)
-    scaler_state = training.read_checkpoint(tmp_path / "amp.pt")["scaler"]
+    scaler_state = checkpoints.read_checkpoint(tmp_path / "amp.pt")["scaler"]
     assert scaler_state and scaler_state["scale"] > 0
 
 

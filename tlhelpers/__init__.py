@@ -11,7 +11,8 @@ Modules, bottom to top; each imports only modules of lower layers (tests/test_la
 4. ``models``: load, find and replace heads, layer groups.
 5. ``freezing``: freeze by name, BatchNorm policies, optimizer checks.
 6. ``evaluation``: predict under eval + inference_mode, accuracy, confusion matrix.
-7. ``training``: ``fit``, checkpoints, the feature cache.
+6b. ``checkpoints``: write atomically, read with ``weights_only=True``, load all or nothing.
+7. ``training``: ``fit``, the feature cache.
 8. ``plots``: figures. Beside it, the tools of notebooks 08 and 09: ``corruptions`` (shifted test
    sets), ``lora`` (low-rank adapters), ``robust`` (WiSE-FT interpolation, BatchNorm
    re-estimation), ``similarity`` (linear CKA, weight change per block); ``protocol`` (fair

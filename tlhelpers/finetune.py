@@ -53,7 +53,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import tlhelpers
-from tlhelpers import bundle, data, evaluation, freezing, models, plots, protocol, runtime, training
+from tlhelpers import bundle, checkpoints, data, evaluation, freezing, models, plots, protocol, runtime, training
 from tlhelpers.files import AssetError, atomic_write
 
 #: Validation images per class when training on every file (no --per-class).
@@ -331,10 +331,10 @@ def check_resume(args: argparse.Namespace, model: nn.Module, job: dict) -> None:
     if not (args.resume and args.checkpoint is not None and args.checkpoint.exists()):
         return
     try:
-        state = training.read_checkpoint(args.checkpoint)
-    except training.CheckpointError as error:
+        state = checkpoints.read_checkpoint(args.checkpoint)
+    except checkpoints.CheckpointError as error:
         raise UsageError(str(error)) from None
-    problems = training.fingerprint_problems(state["fingerprint"], model)
+    problems = checkpoints.fingerprint_problems(state["fingerprint"], model)
     if problems:
         raise UsageError(f"--resume {args.checkpoint}: " + "; ".join(problems) + ". Use the --backbone and "
                          "--dataset it was trained with, or another --checkpoint.")
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         run(args)
-    except (UsageError, training.CheckpointError, AssetError) as error:
+    except (UsageError, checkpoints.CheckpointError, AssetError) as error:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {error}", file=sys.stderr)
         return 2
