@@ -176,3 +176,11 @@ def test_per_class_none_trains_on_everything_validation_leaves(splits):
     assert torch.bincount(torch.tensor(protocol.targets_of(everything.val))).tolist() == [8] * 10
     with pytest.raises(ValueError, match="needs val_per_class"):
         protocol.three_splits("digits", None, seed=0, transform=TO_TENSOR)
+
+
+def test_the_budget_says_what_every_contender_gets():
+    text = protocol.Budget(max_steps=50, lrs=(1e-3, 1e-4), patience=3, eval_every=5).describe()
+    assert text.startswith("at most 50 AdamW steps of 32 images") and "from {0.001, 0.0001}" in text
+    assert "3 validation checks without a new best (every 5 steps)" in text
+    assert protocol.Budget(lrs=(3e-3,), patience=None).describe().endswith(
+        "every contender takes all of them (equal steps); learning rate 0.003 for every contender")

@@ -192,9 +192,10 @@ class Budget:
         stop = ("every contender takes all of them (equal steps)" if self.patience is None else
                 f"each stops after {self.patience} validation checks without a new best (every "
                 f"{self.eval_every} steps), keeping its best check")
-        rates = ", ".join(f"{lr:g}" for lr in self.lrs)
+        rates = (f"learning rate {self.lrs[0]:g} for every contender" if len(self.lrs) == 1 else
+                 "learning rate chosen on validation from {" + ", ".join(f"{lr:g}" for lr in self.lrs) + "}")
         return (f"at most {self.max_steps} AdamW steps of {self.batch_size} images, cosine decay, "
-                f"weight decay {self.weight_decay:g}; {stop}; learning rate chosen on validation from {{{rates}}}")
+                f"weight decay {self.weight_decay:g}; {stop}; {rates}")
 
 
 @dataclass
