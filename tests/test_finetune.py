@@ -195,3 +195,15 @@ def test_dropout_flag_and_per_rank_seeds(capsys):
     assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.0]
     seeds = {finetune.rank_seed(7, rank) for rank in range(4)}
     assert len(seeds) == 4 and finetune.rank_seed(7, 0) == 7     # one process keeps its seed
+
+
+def test_the_optimizer_flag(capsys):
+    args = finetune.parser().parse_args(BASE + ["--optimizer", "sgd", "--lr", "0.05", "--unfreeze", "stage5"])
+    model, _, _ = finetune.load_model(args)
+    head = finetune.prepare_model(model, args, 10)
+    optimizer = finetune.make_optimizer(model, head, args)
+    assert isinstance(optimizer, torch.optim.SGD) and [g["lr"] for g in optimizer.param_groups] == [0.05, 0.005]
+    assert optimizer.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(SystemExit):
+        finetune.parser().parse_args(["--optimizer", "rmsprop"])
+    assert "invalid choice: 'rmsprop'" in capsys.readouterr().err

@@ -94,7 +94,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze", nargs="+", default=["backbone"], metavar="GROUP",
                    help="'backbone' (everything but the head, the default), 'none', or layer group names")
     p.add_argument("--unfreeze", nargs="+", default=[], metavar="GROUP", help="layer groups to train after --freeze")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate for the head")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                   help="adam, or sgd with momentum 0.9 (no per-weight scaling: 2 processes match 1 to float rounding)")
+    p.add_argument("--lr", type=float, default=1e-3, help="the optimizer's learning rate for the head")
     p.add_argument("--backbone-lr", type=float, help="for unfrozen backbone groups (default: --lr / 10)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch size, split over the processes")
     p.add_argument("--image-size", type=int, default=64)
@@ -260,12 +262,15 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def make_optimizer(model: nn.Module, head: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """Adam with the head at --lr and the unfrozen backbone at --backbone-lr (default --lr / 10)."""
+    """--optimizer (Adam, or SGD with momentum 0.9) with the head at --lr and the unfrozen backbone
+    at --backbone-lr (default --lr / 10)."""
     head_ids = {id(p) for p in head.parameters()}
     groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": args.lr}]
     backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     if backbone:
         groups.append({"params": backbone, "lr": args.backbone_lr or args.lr / 10})
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9)
     return torch.optim.Adam(groups)
 
 
