@@ -65,6 +65,24 @@ def inject_parameters(notebook, overrides: dict[str, object]) -> None:
 def execute(path: Path, overrides: dict[str, object] | None = None, write: bool = True,
             timeout: int = 900) -> float:
     """Run ``path`` (with ``overrides`` injected); store outputs when ``write``; return seconds."""
+    return run(path, overrides, write, timeout)[1]
+
+
+def printed(notebook) -> str:
+    """Everything the executed ``notebook``'s code cells printed (streams and plain-text results)."""
+    parts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                parts.append(output.get("text", ""))
+            elif "data" in output:
+                parts.append(output["data"].get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def run(path: Path, overrides: dict[str, object] | None = None, write: bool = True,
+        timeout: int = 900) -> tuple[nbformat.NotebookNode, float]:
+    """:func:`execute` that also returns the executed notebook (its outputs), for checks."""
     notebook = nbformat.read(path, as_version=4)
     inject_parameters(notebook, overrides or {})
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
@@ -75,7 +93,7 @@ def execute(path: Path, overrides: dict[str, object] | None = None, write: bool 
     elapsed = time.perf_counter() - began
     if write and not overrides:
         nbformat.write(notebook, path)
-    return elapsed
+    return notebook, elapsed
 
 
 def main(argv: list[str]) -> int:

@@ -19,7 +19,7 @@ import nbformat
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-PLANNED = [f"{n:02d}" for n in range(1, 10)]
+PLANNED = [f"{n:02d}" for n in range(1, 11)]
 REQUIRED_PARAMETERS = ("BACKBONE", "DATASET", "PER_CLASS", "EPOCHS", "SEED")
 DEFAULTS = {"BACKBONE": "mobilenet_v2", "DATASET": "fashion-mnist"}
 
@@ -176,6 +176,30 @@ def test_ends_with_summary(notebook):
     assert re.match(r"##\s+Summary\b", sections[-1]), \
         (f"{path.name}: the last section must be '## Summary' (only '## Going further: ...' deep dives and "
          "an '## Appendix' may follow it)")
+
+
+#: A learner reads and runs a notebook's main story (everything before the first "## Going
+#: further" or "## Appendix" heading) in about 45 minutes, exercises included.
+MAIN_STORY_CELLS = 48
+MAIN_STORY_CHARACTERS = 45_000
+
+
+def main_story(nb) -> list:
+    """The cells before the first optional section (## Going further: ... / ## Appendix)."""
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown" and re.match(r"##\s+(Going further:|Appendix\b)", heading(cell)):
+            return nb.cells[:index]
+    return list(nb.cells)
+
+
+def test_the_main_story_is_short(notebook):
+    path, nb = notebook
+    story = main_story(nb)
+    characters = sum(len(cell.source) for cell in story)
+    assert len(story) <= MAIN_STORY_CELLS, (f"{path.name}: the main story has {len(story)} cells (at most "
+                                            f"{MAIN_STORY_CELLS}); move a deep dive under '## Going further: ...'")
+    assert characters <= MAIN_STORY_CHARACTERS, (f"{path.name}: the main story has {characters:,} characters "
+                                                 f"(at most {MAIN_STORY_CHARACTERS:,})")
 
 
 def test_executed_cleanly(notebook):

@@ -1,5 +1,5 @@
 """The README promises: change the parameters cell and run all. This runs every notebook that
-reads DATASET once more with DATASET="digits" (09 excepted, see WITH_DIGITS) and once on a small
+reads DATASET once more with DATASET="digits" (10 excepted, see WITH_DIGITS) and once on a small
 ImageFolder written from real photos (two classes, a few dozen images each, a stray non-image
 file), so that stays true.
 
@@ -7,8 +7,9 @@ Each run executes the notebook top to bottom with the parameters injected after 
 ``parameters`` cell (scripts/run_notebooks.py, as papermill does) and writes nothing. Notebooks
 that repeat their comparisons over seeds run them with one seed here (``N_SEEDS = 1``): these
 runs prove the notebook works on other data, not what it measures, and the seed loop itself is
-exercised by the default run. Slow (it is the series again): `make test` runs it; `make unit`
-does not.
+exercised by the default run, and by the digits run, which uses two seeds on a tiny budget so
+that the verdict code paths run (TINY). Each run must print what MUST_PRINT names. Slow (it is
+the series again): `make test` runs it; `make unit` does not.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -56,10 +58,10 @@ def variant(path: Path, **settings: object) -> dict[str, object]:
 
 
 NOTEBOOKS = [path for path in runner.default_notebooks() if reads_dataset(path)]
-# Notebook 09's data path runs in the ImageFolder variant (2 classes, the harder case) and the
+# Notebook 10's data path runs in the ImageFolder variant (2 classes, the harder case) and the
 # command line it drives has its own digits run (tests/test_finetune.py); its other minute
 # (ONNX export, torch.compile, torchrun) does not depend on the data, so no digits rerun.
-WITH_DIGITS = [path for path in NOTEBOOKS if not path.name.startswith("09_")]
+WITH_DIGITS = [path for path in NOTEBOOKS if not path.name.startswith("10_")]
 
 
 @pytest.fixture(scope="session")
@@ -87,11 +89,38 @@ def small_imagefolder(tmp_path_factory) -> Path:
     return root
 
 
+#: What every run of a notebook must print, whatever the data: the comparison notebooks their
+#: protocol table (validation chooses, test reports), the product notebook its held-out score.
+MUST_PRINT = {"04": ["test (reported)"], "05": ["test (reported)"], "07": ["test (reported)"],
+              "08": ["test (reported)"], "09": ["test (reported)"], "10": ["test accuracy"]}
+#: The digits run exercises the verdict code paths: two seeds (one seed never decides), on a
+#: tiny budget so it stays quick. Its verdicts mean nothing; that they are reached is the test.
+TINY = {"04": {"PER_CLASS": 10, "VAL_PER_CLASS": 10, "TEST_PER_CLASS": 10},
+        "05": {"PER_CLASS": 10, "VAL_PER_CLASS": 10, "TEST_PER_CLASS": 10, "EPOCHS": 2},
+        "07": {"PER_CLASS": [5, 10], "VAL_PER_CLASS": 10, "COMPARE_WITH": None},
+        "08": {"PER_CLASS": 10, "MAX_STEPS": 15},
+        "09": {"PER_CLASS": 10, "VAL_PER_CLASS": 10, "TEST_PER_CLASS": 10, "EPOCHS": 2, "TARGET_PER_CLASS": 5}}
+VERDICT = re.compile(r"\bbeat\b|no clear difference|not separated")
+
+
+def check_printed(path: Path, notebook, verdicts: bool) -> None:
+    text = runner.printed(notebook)
+    for expected in MUST_PRINT.get(path.name[:2], []):
+        assert expected in text, f"{path.name} printed no {expected!r}"
+    if verdicts and path.name[:2] in TINY:
+        assert VERDICT.search(text), f"{path.name} reached no verdict (beat / no clear difference / not separated)"
+
+
 @pytest.mark.parametrize("path", WITH_DIGITS, ids=[p.stem for p in WITH_DIGITS])
 def test_with_digits(path: Path) -> None:
-    runner.execute(path, variant(path, DATASET="digits"), write=False)
+    overrides = variant(path, DATASET="digits")
+    if path.name[:2] in TINY:
+        overrides.update(TINY[path.name[:2]], N_SEEDS=2)
+    notebook, _ = runner.run(path, overrides, write=False)
+    check_printed(path, notebook, verdicts=True)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_on_a_small_imagefolder(path: Path, small_imagefolder: Path) -> None:
-    runner.execute(path, variant(path, DATASET="imagefolder", ROOT=str(small_imagefolder)), write=False)
+    notebook, _ = runner.run(path, variant(path, DATASET="imagefolder", ROOT=str(small_imagefolder)), write=False)
+    check_printed(path, notebook, verdicts=False)
