@@ -8,6 +8,8 @@ is faked.
 
 from __future__ import annotations
 
+import re
+
 import collections
 import gzip
 import io
@@ -121,7 +123,7 @@ def test_broken_debian_files_are_refused_and_leave_nothing(kind, isolated_data_d
     with pytest.raises(data.DatasetUnavailableError) as caught:
         data.load_dataset("fashion-mnist", "train")
     message = str(caught.value)
-    assert f"{source}: {source / broken}.gz" in message
+    assert re.search(re.escape(f"{source}: ") + r"\w+: " + re.escape(f"{source / broken}.gz"), message)
     if kind == "wrong content":
         assert f"not Fashion-MNIST's {broken}" in message
     else:
@@ -138,7 +140,8 @@ def test_fashion_mnist_missing_offline_names_every_source_and_the_fix(isolated_d
     message = str(caught.value)
     raw = isolated_data_dir / "FashionMNIST" / "raw"
     assert f"{raw} (not there)" in message
-    assert f"{empty}: {empty / 'train-images-idx3-ubyte.gz'} is missing" in message
+    assert re.search(re.escape(f"{empty}: ") + r"\w+: " + re.escape(f"{empty / 'train-images-idx3-ubyte.gz'} is missing"),
+                     message)
     assert "torchvision's download: RuntimeError: Error downloading train-images-idx3-ubyte.gz" in message
     assert "apt-get install dataset-fashion-mnist" in message and str(raw) in message
     assert "digits" in message

@@ -54,3 +54,32 @@ def test_file_and_folder_are_fsynced(tmp_path, monkeypatch):
         staging.write_bytes(b"1")
     assert any(p.endswith(".partial") for p in synced)        # the content, before the rename
     assert str(tmp_path) in synced                            # the folder, after it
+
+
+def test_first_source_tries_in_order_records_failures_and_gives_up_clearly():
+    calls = []
+
+    def failing(name, error):
+        def attempt():
+            calls.append(name)
+            raise error
+        return attempt
+
+    result = files.first_source([("a", failing("a", OSError("no network"))), ("b", lambda: calls.append("b") or 42),
+                                 ("c", failing("c", AssertionError("never reached")))],
+                                tried=["cache (not there)"], give_up=lambda tried: AssertionError(tried))
+    assert result == 42 and calls == ["a", "b"]
+    tried: list[str] = []
+    with pytest.raises(files.AssetError, match=r"a: OSError: no network \| b: ValueError: bad zip") as caught:
+        files.first_source([("a", failing("a", OSError("no network"))), ("b", failing("b", ValueError("bad zip")))],
+                           tried=tried, give_up=lambda t: files.AssetError(" | ".join(t)))
+    assert tried == ["a: OSError: no network", "b: ValueError: bad zip"] and caught.value is not None
+
+
+def test_first_source_stops_at_a_refused_file():
+    def refused():
+        raise files.HashMismatchError("wrong hash")
+
+    with pytest.raises(files.HashMismatchError):
+        files.first_source([("cache", refused), ("download", lambda: "never tried")],
+                           tried=[], give_up=lambda t: AssertionError(t), stop_on=(files.HashMismatchError,))

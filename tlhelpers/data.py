@@ -35,7 +35,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from tlhelpers.checks import integer
-from tlhelpers.files import AssetError, atomic_write, network_timeout, sha256_of, socket_timeout
+from tlhelpers.files import (AssetError, atomic_write, first_source, network_timeout, sha256_of,
+                             socket_timeout)
 from tlhelpers.serving import to_rgb  # one conversion for training and serving
 
 #: The per-channel mean and std every torchvision ImageNet model normalises its inputs with.
@@ -173,30 +174,32 @@ def prepare_fashion_mnist(sources: Sequence[Path] | None = None, download: bool 
     sources = (DEBIAN_FASHION_MNIST,) if sources is None else sources
     tried = [f"{raw} ({'incomplete' if raw.exists() else 'not there'})"]
     created = _missing_dirs(raw)
-    for source in sources:
-        try:
-            _install_checked({name: Path(source) / f"{name}.gz" for name in FASHION_MNIST_FILES}, _gunzip)
-            return raw
-        except (ValueError, OSError) as error:
-            tried.append(f"{source}: {error}")
-    if download:
-        try:
-            import torchvision
 
-            with _staging_dir() as staging, socket_timeout():
-                torchvision.datasets.FashionMNIST(staging, train=True, download=True)
-                staging_raw = Path(staging) / "FashionMNIST" / "raw"
-                _install_checked({name: staging_raw / name for name in FASHION_MNIST_FILES}, shutil.copyfile)
-            return raw
-        except Exception as error:  # no network, HTTP error, wrong content, ...
-            tried.append(f"torchvision's download: {type(error).__name__}: {error}")
-    _remove_empty(created)
-    raise DatasetUnavailableError(
-        "Fashion-MNIST is not available. Tried:\n  - " + "\n  - ".join(tried) +
-        "\nTo fix it: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or run once "
-        "with internet, or copy the four *-ubyte files into " + str(raw) +
-        ". The `digits` dataset needs no download and works everywhere."
-    )
+    def from_gz(source: Path) -> Path:
+        _install_checked({name: Path(source) / f"{name}.gz" for name in FASHION_MNIST_FILES}, _gunzip)
+        return raw
+
+    def torchvision_download() -> Path:
+        import torchvision
+
+        with _staging_dir() as staging, socket_timeout():
+            torchvision.datasets.FashionMNIST(staging, train=True, download=True)
+            staging_raw = Path(staging) / "FashionMNIST" / "raw"
+            _install_checked({name: staging_raw / name for name in FASHION_MNIST_FILES}, shutil.copyfile)
+        return raw
+
+    def give_up(tried: list[str]) -> DatasetUnavailableError:
+        _remove_empty(created)
+        return DatasetUnavailableError(
+            "Fashion-MNIST is not available. Tried:\n  - " + "\n  - ".join(tried) +
+            "\nTo fix it: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or run once "
+            "with internet, or copy the four *-ubyte files into " + str(raw) +
+            ". The `digits` dataset needs no download and works everywhere.")
+
+    attempts = [(str(source), lambda source=source: from_gz(source)) for source in sources]
+    if download:
+        attempts.append(("torchvision's download", torchvision_download))
+    return first_source(attempts, tried=tried, give_up=give_up)
 
 
 class _GrayToRGB(Dataset):
@@ -316,29 +319,32 @@ def _hymenoptera_root(download: bool = True) -> Path:
         return root
     tried = [f"{root} (not there)"]
     created = _missing_dirs(data_dir())
-    if download:
-        try:
-            data_dir().mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=data_dir(), prefix=".hymenoptera-") as tmp:
-                archive = Path(tmp) / "hymenoptera_data.zip"
-                with urllib.request.urlopen(HYMENOPTERA_URL, timeout=network_timeout()) as response, open(archive, "wb") as out:
-                    shutil.copyfileobj(response, out)
-                digest = sha256_of(archive)
-                if digest != HYMENOPTERA_SHA256:
-                    raise ValueError(f"the downloaded file has sha256 {digest}, not the published "
-                                     f"{HYMENOPTERA_SHA256} (a proxy page, or a changed file?)")
-                with zipfile.ZipFile(archive) as zipped:
-                    zipped.extractall(Path(tmp) / "unpacked")
-                os.replace(Path(tmp) / "unpacked" / "hymenoptera_data", root)
-            return root
-        except Exception as error:  # no network, HTTP error, wrong checksum, broken zip, ...
-            tried.append(f"download {HYMENOPTERA_URL}: {type(error).__name__}: {error}")
-    _remove_empty(created)
-    raise DatasetUnavailableError(
-        "The ants/bees (hymenoptera) set is not available. Tried:\n  - " + "\n  - ".join(tried) +
-        f"\nTo fix it: run once with internet, or unzip {HYMENOPTERA_URL} into {data_dir()}. "
-        "Offline, use DATASET='fashion-mnist' or 'digits', or your own photos with 'imagefolder'."
-    )
+
+    def downloaded() -> Path:
+        data_dir().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=data_dir(), prefix=".hymenoptera-") as tmp:
+            archive = Path(tmp) / "hymenoptera_data.zip"
+            with urllib.request.urlopen(HYMENOPTERA_URL, timeout=network_timeout()) as response, \
+                    open(archive, "wb") as out:
+                shutil.copyfileobj(response, out)
+            digest = sha256_of(archive)
+            if digest != HYMENOPTERA_SHA256:
+                raise ValueError(f"the downloaded file has sha256 {digest}, not the published "
+                                 f"{HYMENOPTERA_SHA256} (a proxy page, or a changed file?)")
+            with zipfile.ZipFile(archive) as zipped:
+                zipped.extractall(Path(tmp) / "unpacked")
+            os.replace(Path(tmp) / "unpacked" / "hymenoptera_data", root)
+        return root
+
+    def give_up(tried: list[str]) -> DatasetUnavailableError:
+        _remove_empty(created)
+        return DatasetUnavailableError(
+            "The ants/bees (hymenoptera) set is not available. Tried:\n  - " + "\n  - ".join(tried) +
+            f"\nTo fix it: run once with internet, or unzip {HYMENOPTERA_URL} into {data_dir()}. "
+            "Offline, use DATASET='fashion-mnist' or 'digits', or your own photos with 'imagefolder'.")
+
+    attempts = [(f"download {HYMENOPTERA_URL}", downloaded)] if download else []
+    return first_source(attempts, tried=tried, give_up=give_up)
 
 
 # --------------------------------------------------------------------------- public API

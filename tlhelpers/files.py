@@ -14,7 +14,9 @@ import socket
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 def network_timeout() -> float:
@@ -43,6 +45,27 @@ def socket_timeout(seconds: float | None = None) -> Iterator[float]:
         yield seconds
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def first_source(sources: Iterable[tuple[str, Callable[[], T]]], *, tried: list[str],
+                 give_up: Callable[[list[str]], BaseException],
+                 stop_on: tuple[type[BaseException], ...] = ()) -> T:
+    """The one way the course fetches an asset: try each source in order, return the first result.
+
+    ``sources`` are (description, attempt) pairs. A failed attempt is recorded in ``tried`` as
+    ``"<description>: <ErrorType>: <message>"`` and the next source is tried; an error of a
+    ``stop_on`` type ends the search at once (a file with the wrong hash is refused, never
+    fallen back from). When every source failed, ``give_up(tried)`` (clean up, then build the
+    error that lists what was tried and says what to do) is raised.
+    """
+    for description, attempt in sources:
+        try:
+            return attempt()
+        except stop_on:
+            raise
+        except Exception as error:  # no network, DNS, HTTP error, wrong content, a bad archive, ...
+            tried.append(f"{description}: {type(error).__name__}: {error}")
+    raise give_up(tried)
 
 
 class AssetError(RuntimeError):
