@@ -266,7 +266,10 @@ def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Datas
     ``params`` are parameters or param groups (a group's ``"lr_scale"`` multiplies ``lr``, for
     discriminative rates). Batches are drawn from consecutive shuffled passes over
     ``train_set`` with ``seed``. ``model`` ends with the weights of its best check. The test
-    split is not an argument: no choice here can read it.
+    split is not an argument: no choice here can read it. ``bn_policy`` is applied after every
+    ``model.train()`` (see :func:`tlhelpers.freezing.set_bn_policy`): with the default
+    ``"frozen-eval"`` a BatchNorm layer whose scale or shift trains is in train mode and moves
+    its running statistics; pass ``"eval"`` to keep every layer's statistics fixed.
     """
     lr = float(lr)
     if not lr > 0:
