@@ -122,7 +122,11 @@ class Predictor:
         else:
             import onnxruntime
 
-            self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = onnxruntime.SessionOptions()
+            # No busy-waiting between calls: spinning threads would take the CPU from whatever
+            # runs next in this process (and from other processes on a shared machine).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self._input = self._session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
