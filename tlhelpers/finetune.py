@@ -379,14 +379,14 @@ def write_report(out: Path, model: nn.Module, test, classes: list[str], history:
     return report
 
 
-def export_bundle(args: argparse.Namespace, model: nn.Module, preprocess, weights: str, classes: list[str]) -> dict:
-    """Write the --export bundle, scored on the same held-out test images as files; print where."""
-    test_images = data.load_dataset(args.dataset, "val", per_class=_test_per_class(args), seed=args.seed,
-                                    root=args.root)
+def export_bundle(args: argparse.Namespace, model: nn.Module, preprocess, weights: str,
+                  splits: protocol.Splits) -> dict:
+    """Write the --export bundle, scored on the same held-out test images, as files; print where."""
+    test_images = data.FewShot(data.load_dataset(args.dataset, "val", root=args.root), splits.test.indices)
     if args.export.exists():
         args.export.rmdir()   # checked empty before training
-    manifest = bundle.export(model, args.export, classes=classes, transform=preprocess, backbone=args.backbone,
-                             weights=weights, test_images=test_images)
+    manifest = bundle.export(model, args.export, classes=list(splits.classes), transform=preprocess,
+                             backbone=args.backbone, weights=weights, test_images=test_images)
     print(f"bundle in {args.export}: test accuracy as served {manifest['test']['accuracy_pt2']:.1%} (model.pt2), "
           f"{manifest['test']['accuracy_onnx']:.1%} (model.onnx); serve it with "
           f"`python {args.export / 'predict.py'} IMAGE...`", flush=True)
@@ -441,7 +441,7 @@ def run(args: argparse.Namespace) -> dict | None:
             out = args.out or Path("runs") / f"{args.backbone}-{args.dataset}"
             report = write_report(out, model, test, list(train.classes), history, args, world, seconds, device)
             if args.export is not None:
-                report["bundle"] = export_bundle(args, models.unwrap(model), preprocess, weights, list(train.classes))
+                report["bundle"] = export_bundle(args, models.unwrap(model), preprocess, weights, splits)
                 with atomic_write(out / "report.json") as staging:
                     staging.write_text(json.dumps(report, indent=2) + "\n")
             print(f"test accuracy {report['accuracy']:.1%} (epoch {report['best_epoch']} of {len(history)}, chosen "
