@@ -30,8 +30,12 @@ lab: setup  ## open the course in JupyterLab
 
 # The tests run with no network at all (scripts/offline: a network namespace, loopback only);
 # setup, before them, is the one step that needs the package registry.
-test: setup  ## the whole suite, offline: unit tests, browser tests, every notebook through nbval
-	scripts/offline $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider --durations=30
+# nbval runs each numbered notebook with its exercise solutions in place (scripts/answer_keys.py
+# writes those merged copies to test-artifacts/answer-keys/), so every solution runs in CI too.
+test: setup  ## the whole suite, offline: unit tests, browser tests, every notebook (solutions included) through nbval
+	rm -rf test-artifacts/answer-keys
+	$(PY) scripts/answer_keys.py --out test-artifacts/answer-keys >/dev/null
+	scripts/offline $(PY) -m pytest tests notebooks/simulator.ipynb test-artifacts/answer-keys --nbval-lax --nbval-current-env -p no:cacheprovider --durations=30
 
 unit: setup  ## lint (ruff) and the package's unit tests (fast), offline
 	$(VENV)/bin/ruff check tlhelpers tests scripts benchmarks

@@ -6,7 +6,9 @@ Usage:
     python scripts/run_notebooks.py --check --set DATASET='"digits"' 05_fine_tuning.ipynb
 
 Default notebooks: every notebooks/NN_*.ipynb. Each runs top to bottom in a fresh kernel with
-its working directory set to notebooks/, exactly as JupyterLab and nbval run it. ``--set
+its working directory set to notebooks/, exactly as JupyterLab and nbval run it, with its
+exercise solutions (notebooks/solutions/) in place after their exercises (scripts/answer_keys.py);
+a write stores the outputs back into both files. ``--set
 NAME=VALUE`` (VALUE is a Python literal) adds a cell right after the tagged ``parameters`` cell
 that assigns it, as papermill does; such a run is only a check and never writes the notebook.
 The wall time of each notebook is printed; a failing cell stops that notebook, leaves the file
@@ -27,6 +29,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import nbformat  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
 from nbclient.exceptions import CellExecutionError  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import answer_keys  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -83,7 +88,7 @@ def printed(notebook) -> str:
 def run(path: Path, overrides: dict[str, object] | None = None, write: bool = True,
         timeout: int = 900) -> tuple[nbformat.NotebookNode, float]:
     """:func:`execute` that also returns the executed notebook (its outputs), for checks."""
-    notebook = nbformat.read(path, as_version=4)
+    notebook = answer_keys.merged(path)
     inject_parameters(notebook, overrides or {})
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
@@ -92,7 +97,7 @@ def run(path: Path, overrides: dict[str, object] | None = None, write: bool = Tr
     client.execute()
     elapsed = time.perf_counter() - began
     if write and not overrides:
-        nbformat.write(notebook, path)
+        answer_keys.write_split(notebook, path)
     return notebook, elapsed
 
 

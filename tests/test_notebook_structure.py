@@ -2,8 +2,8 @@
 
 Checked per notebook (``notebooks/NN_*.ipynb``): the title cell and its objectives, the
 tagged parameters cell (with ROOT wherever DATASET is read), self-check asserts, seeding,
-exercises a learner attempts (a scaffold cell, then a solution whose source and output stay
-hidden until asked), the closing summary (an appendix may follow it), short cells, readable
+exercises a learner attempts (a scaffold cell in the notebook; its solution in the answer key
+notebooks/solutions/NN_*.ipynb, which uses no name the notebook reads later), the closing summary (an appendix may follow it), short cells, readable
 figures, stored outputs from a clean execution, no sentence the course once got wrong, and no
 ``pretrained=True`` outside the deprecation demo in notebook 01. A separate test lists which of
 the planned notebooks are missing.
@@ -15,8 +15,17 @@ import ast
 import re
 from pathlib import Path
 
+import importlib.util
+import sys
+
 import nbformat
 import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "answer_keys", Path(__file__).resolve().parents[1] / "scripts" / "answer_keys.py")
+answer_keys = importlib.util.module_from_spec(_spec)
+sys.modules["answer_keys"] = answer_keys
+_spec.loader.exec_module(answer_keys)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PLANNED = [f"{n:02d}" for n in range(1, 11)]
@@ -112,32 +121,82 @@ def _tags(cell) -> list[str]:
     return cell.metadata.get("tags", [])
 
 
+def answer_key(path: Path):
+    key = answer_keys.solutions_path(path)
+    assert key.exists(), f"{path.name}: its exercise solutions belong in notebooks/solutions/{path.name}"
+    return nbformat.read(key, as_version=4)
+
+
 def test_exercises_a_learner_can_attempt(notebook):
-    """Each exercise: a scaffold cell for the learner (tagged ``exercise``), then its solution
-    (tagged ``solution``, source and outputs hidden until asked, first line ``# Solution``)."""
+    """Each exercise: a scaffold cell for the learner (tagged ``exercise``) in the notebook, and its
+    solution (tagged ``solution``, first line ``# Solution``) in the answer key, which merges back
+    after it; no answer in the learner's notebook (GitHub, VS Code and Colab show hidden cells)."""
     path, nb = notebook
     start = next((i for i, cell in enumerate(nb.cells) if cell.cell_type == "markdown"
                   and re.search(r"^##\s+Exercises\b", cell.source, re.MULTILINE)), None)
     assert start is not None, f"{path.name}: needs a '## Exercises' heading"
-    kinds = [("exercise" if "exercise" in _tags(c) else "solution" if "solution" in _tags(c) else None)
-             for c in nb.cells[start + 1:] if c.cell_type == "code"]
-    kinds = [k for k in kinds if k]
-    assert kinds and kinds.count("exercise") >= 2, f"{path.name}: at least two exercises, each with a learner cell"
-    assert kinds == ["exercise", "solution"] * (len(kinds) // 2), \
-        f"{path.name}: each exercise cell must be followed by exactly one solution cell, got {kinds}"
-    for cell in nb.cells:
+    assert f"solutions/{path.name}" in nb.cells[start].source, \
+        f"{path.name}: the '## Exercises' cell says where the solutions are (solutions/{path.name})"
+    assert not [c for c in nb.cells if "solution" in _tags(c)], \
+        f"{path.name}: solutions live in notebooks/solutions/{path.name}, not in the learner's notebook"
+    assert sum("exercise" in _tags(c) for c in nb.cells[start + 1:]) >= 2, \
+        f"{path.name}: at least two exercises, each with a learner cell"
+    merged = answer_keys.merge(nb, answer_key(path))     # raises on an exercise without its solution
+    for cell in merged.cells:
         if "solution" in _tags(cell):
-            hidden = cell.metadata.get("jupyter", {})
-            assert hidden.get("source_hidden") is True and hidden.get("outputs_hidden") is True, \
-                f"{path.name}: a solution's source and outputs must be hidden until asked: {heading(cell)!r}"
             assert heading(cell) == "# Solution", f"{path.name}: a solution starts with '# Solution'"
         if "exercise" in _tags(cell):
             assert "assert" not in cell.source, f"{path.name}: a learner's cell must not hold the answer"
 
 
+def test_answer_key_repeats_each_question(notebook):
+    """The answer key shows each exercise's question above its solution, as the notebook words it now."""
+    path, nb = notebook
+    key = answer_key(path)
+    _, expected = answer_keys.split(answer_keys.merge(nb, key), path.name)
+    assert [c.source for c in key.cells if c.cell_type == "markdown"] == \
+        [c.source for c in expected.cells if c.cell_type == "markdown"], \
+        f"{path.name}: a question changed; run `make notebooks` (it rewrites solutions/{path.name})"
+
+
+def _names(tree: ast.AST, context: type) -> set[str]:
+    """Names stored (``ast.Store``, plus def/class/import) or loaded (``ast.Load``) in ``tree``."""
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, context)}
+    if context is ast.Store:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.arg):
+                names.add(node.arg)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    return names
+
+
+def test_solutions_leave_the_notebook_alone(notebook):
+    """The learner's notebook runs without its solutions: no later cell reads a name a solution
+    (re)binds, unless that cell binds it again first (CONTRIBUTING: a solution never redefines
+    what the rest of the notebook uses)."""
+    path, nb = notebook
+    merged = answer_keys.merge(nb, answer_key(path))
+    for index, cell in enumerate(merged.cells):
+        if "solution" not in _tags(cell):
+            continue
+        live = _names(_parse(cell.source, path), ast.Store)
+        for later in merged.cells[index + 1:]:
+            if later.cell_type != "code" or "solution" in _tags(later):
+                continue
+            tree = _parse(later.source, path)
+            stored = _names(tree, ast.Store)
+            clash = (_names(tree, ast.Load) - stored) & live
+            assert not clash, (f"{path.name}: the cell {heading(later)[:50]!r} reads {sorted(clash)}, which the "
+                               f"solution of exercise {merged.cells[index - 1].get('id')!r} binds; rename it there")
+            live -= stored
+
+
 def test_cells_are_short_and_figures_readable(notebook):
     path, nb = notebook
-    for index, cell in enumerate(code_cells(nb)):
+    for index, cell in enumerate(code_cells(nb) + code_cells(answer_key(path))):
         lines = [line for line in cell.source.splitlines() if line.strip()]
         limit = 30 if "solution" in _tags(cell) else 22
         assert len(lines) <= limit, (f"{path.name}: code cell {index} ({heading(cell)[:50]!r}) has {len(lines)} "
@@ -204,7 +263,7 @@ def test_the_main_story_is_short(notebook):
 
 def test_executed_cleanly(notebook):
     path, nb = notebook
-    for index, cell in enumerate(code_cells(nb)):
+    for index, cell in enumerate(code_cells(nb) + code_cells(answer_key(path))):
         first_line = heading(cell)[:60]
         assert cell.execution_count is not None, \
             f"{path.name}: code cell {index} ({first_line!r}) was not executed; run `make notebooks`"
