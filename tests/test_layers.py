@@ -22,10 +22,10 @@ LAYERS: list[set[str]] = [
     {"assets"},
     {"models"},
     {"freezing"},
-    {"evaluation"},
+    {"evaluation", "robust"},
     {"checkpoints"},
     {"training"},
-    {"plots", "corruptions", "lora", "robust", "similarity", "protocol", "bundle"},
+    {"plots", "corruptions", "lora", "similarity", "protocol", "bundle"},
     {"simulator", "finetune", "predict"},
 ]
 

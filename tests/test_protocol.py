@@ -184,3 +184,35 @@ def test_the_budget_says_what_every_contender_gets():
     assert "3 validation checks without a new best (every 5 steps)" in text
     assert protocol.Budget(lrs=(3e-3,), patience=None).describe().endswith(
         "every contender takes all of them (equal steps); learning rate 0.003 for every contender")
+
+
+def _small_bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def test_recompute_bn_scores_every_check_with_statistics_of_its_own_weights(splits):
+    """recompute_bn=True: the kept weights carry the running statistics recomputed on the training
+    inputs (recomputing them again changes nothing); without it they are the training's moving averages."""
+    from tlhelpers import robust
+
+    budget = protocol.Budget(max_steps=12, batch_size=16, eval_every=4, patience=None, lrs=(0.05,))
+    train_t, val_t = protocol.as_tensors(splits.train), protocol.as_tensors(splits.val)
+    stats = {}
+    for recompute in (False, True):
+        net = _small_bn_net()
+        protocol.train(net, net.parameters(), train_t, val_t, budget, 0.05, seed=0, recompute_bn=recompute)
+        kept = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+        robust.reestimate_batchnorm(net, train_t.tensors[0], batch_size=protocol.RECOMPUTE_BATCH)
+        again = {k: v for k, v in net.state_dict().items() if "running" in k}
+        stats[recompute] = all(torch.allclose(kept[k], again[k], atol=1e-5) for k in kept)
+    assert stats == {False: False, True: True}
+
+
+def test_recompute_bn_without_batchnorm_is_a_clear_error(splits):
+    budget = protocol.Budget(max_steps=2, batch_size=16, eval_every=1, patience=None, lrs=(0.05,))
+    model, params = _linear()()
+    with pytest.raises(ValueError, match="no BatchNorm layer with running statistics: leave it False"):
+        protocol.train(model, params, protocol.as_tensors(splits.train), splits.val, budget, 0.05, recompute_bn=True)

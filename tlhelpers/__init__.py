@@ -10,12 +10,13 @@ Modules, bottom to top; each imports only modules of lower layers (tests/test_la
 3. ``assets``: torchvision's weights offline; ``fetch`` provisions weights and data.
 4. ``models``: load, find and replace heads, layer groups.
 5. ``freezing``: freeze by name, BatchNorm policies, optimizer checks.
-6. ``evaluation``: predict under eval + inference_mode, accuracy, confusion matrix.
+6. ``evaluation``: predict under eval + inference_mode, accuracy, confusion matrix; ``robust``
+   (WiSE-FT interpolation, BatchNorm re-estimation: notebooks 08 and 09, and ``protocol``).
 6b. ``checkpoints``: write atomically, read with ``weights_only=True``, load all or nothing.
 7. ``training``: ``fit``, the feature cache.
 8. ``plots``: figures. Beside it, the tools of notebooks 08 and 09: ``corruptions`` (shifted test
-   sets), ``lora`` (low-rank adapters), ``robust`` (WiSE-FT interpolation, BatchNorm
-   re-estimation), ``similarity`` (linear CKA, weight change per block); ``protocol`` (fair
+   sets), ``lora`` (low-rank adapters), ``similarity`` (linear CKA, weight change per block);
+   ``protocol`` (fair
    comparisons: train / validation / test splits, one budget, choices on validation only);
    ``bundle`` (export a model as a folder torch or onnxruntime alone can serve).
 9. ``simulator``: the freeze-toggle simulator (``FreezeSim``, pure PyTorch, and its widget);

@@ -41,9 +41,14 @@ from tlhelpers import compare
 from tlhelpers.checks import integer
 from tlhelpers.data import FewShot, load_dataset
 from tlhelpers.evaluation import accuracy
-from tlhelpers.freezing import set_bn_policy
+from tlhelpers.freezing import batchnorm_layers, set_bn_policy
+from tlhelpers.robust import reestimate_batchnorm
 from tlhelpers.runtime import model_device, seed_everything
 from tlhelpers.training import _loss_of
+
+#: Batch size for recomputing BatchNorm statistics (``train(recompute_bn=True)``): large enough that
+#: the averaged per-batch variances are close to the exact one, small enough for any laptop.
+RECOMPUTE_BATCH = 250
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -260,7 +265,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float
 
 def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Dataset, budget: Budget,
           lr: float, *, seed: int = 0, loss_fn: Callable | None = None,
-          bn_policy: str = "frozen-eval") -> Run:
+          bn_policy: str = "frozen-eval", recompute_bn: bool = False) -> Run:
     """Train ``params`` of ``model`` under ``budget`` at learning rate ``lr``; keep the best validation check.
 
     ``params`` are parameters or param groups (a group's ``"lr_scale"`` multiplies ``lr``, for
@@ -270,6 +275,14 @@ def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Datas
     ``model.train()`` (see :func:`tlhelpers.freezing.set_bn_policy`): with the default
     ``"frozen-eval"`` a BatchNorm layer whose scale or shift trains is in train mode and moves
     its running statistics; pass ``"eval"`` to keep every layer's statistics fixed.
+
+    ``recompute_bn=True`` recomputes every BatchNorm layer's running statistics on the training
+    inputs before each validation check (:func:`tlhelpers.robust.reestimate_batchnorm`, the idea
+    of ``torch.optim.swa_utils.update_bn``), so the kept weights carry statistics that match them.
+    A network trained from random weights needs it: its weights move faster than the running
+    averages (momentum 0.1) follow, and in ``eval()`` it is scored with statistics of weights it
+    no longer has (notebook 05 measures the difference). Training itself is unchanged: in
+    ``train()`` BatchNorm normalises with each batch's own statistics.
     """
     lr = float(lr)
     if not lr > 0:
@@ -286,7 +299,13 @@ def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Datas
     generator = torch.Generator().manual_seed(seed)
     batches = _batches(n, budget.batch_size, generator)
 
+    if recompute_bn and not batchnorm_layers(model):
+        raise ValueError(f"recompute_bn=True but {type(model).__name__} has no BatchNorm layer with running "
+                         "statistics: leave it False")
+
     def check(step: int) -> float:
+        if recompute_bn:
+            reestimate_batchnorm(model, data.tensors[0], batch_size=RECOMPUTE_BATCH)
         value = evaluate(model, val_set)
         curve.append((step, value))
         return value
