@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import os
 from pathlib import Path
 
@@ -63,6 +64,27 @@ def block_rows(sim: FreezeSim) -> list[dict]:
                      "normBytes": sum(params[p].numel() * params[p].element_size() for p in norm),
                      "hasBatchNorm": sim.has_batchnorm(name), "head": name == head})
     return rows
+
+
+def complete_table(sim: FreezeSim) -> dict:
+    """The cost table with every case any toggle, preset or switch can reach (all switch settings
+    measured once: well under a second for the course's networks), as the browser draws it.
+
+    With it the browser never waits for a measurement after a switch, and a page without a
+    kernel (``make book``'s static site, which renders the state stored in the notebook) can
+    redraw every configuration. The simulator's switches are left as they were.
+    """
+    names = list(scenario.SWITCHES.values())
+    saved = {name: getattr(sim, name) for name in names}
+    try:
+        for values in itertools.product((False, True), repeat=len(names)):
+            for name, value in zip(names, values):
+                setattr(sim, name, value)
+            sim.cost_table()
+    finally:
+        for name, value in saved.items():
+            setattr(sim, name, value)
+    return sim.cost_table().to_json()
 
 
 def _reports_errors(handler):
@@ -113,6 +135,10 @@ class FreezeView(anywidget.AnyWidget):
     url_state = traitlets.Bool(False).tag(sync=True)
     palette = traitlets.Dict(PALETTE).tag(sync=True)
     vocabulary = traitlets.Dict(vocabulary.for_browser()).tag(sync=True)
+    #: Non-empty only in a static page with no kernel behind the widget (the course website sets
+    #: it when it saves the widget's state): the browser then disables every control that needs
+    #: the kernel, shows this sentence next to them, and reads a ``#scenario=`` page address.
+    offline_note = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, sim: FreezeSim, *, arch: str | None = None, weights_note: str | None = None,
                  url_state: bool = False, **kwargs):
@@ -151,7 +177,7 @@ class FreezeView(anywidget.AnyWidget):
             self._syncing = True
             try:
                 self.arch, self.weights_note, self.blocks = arch, note, block_rows(sim)
-                self.table = sim.cost_table().to_json()
+                self.table = complete_table(sim)
                 self._push_configuration()
                 self.report, self.history, self.ranking = {}, [], {}
                 self.pinned, self.comparison = {}, {}
@@ -306,7 +332,7 @@ class FreezeView(anywidget.AnyWidget):
         with self.hold_sync():
             self._syncing = True
             try:
-                self.table = self.sim.cost_table().to_json()
+                self.table = complete_table(self.sim)
                 self._push_configuration()
                 self.report, self.history, self.ranking, self.comparison = {}, [], {}, {}
             finally:
@@ -324,7 +350,7 @@ class FreezeView(anywidget.AnyWidget):
             try:
                 self._push_configuration()
                 self.report, self.history, self.ranking, self.comparison = {}, [], {}, {}
-                self.table = self.sim.cost_table().to_json()
+                self.table = complete_table(self.sim)
             finally:
                 self._syncing = False
 
