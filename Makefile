@@ -12,7 +12,7 @@ ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 # Without this, OpenMP threads spin and torch slows down badly on a busy 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup lab test unit notebooks bench simulator lock clean
+.PHONY: setup lab test unit notebooks bench simulator book lock clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -51,10 +51,14 @@ simulator: setup  ## the freeze-toggle simulator as a standalone page (Voila)
 	@echo "Serving the simulator on http://$(HOST):$(PORT) (Ctrl-C to stop)"
 	$(VENV)/bin/voila notebooks/simulator.ipynb --no-browser --port=$(PORT) --Voila.ip=$(HOST)
 
+# The notebooks' stored outputs as a static site (nbconvert; nothing re-executed, nothing from a CDN).
+book: setup  ## the course as a website in build/book (then: cd build/book && python -m http.server)
+	$(PY) scripts/build_book.py --out build/book
+
 lock: $(STAMP)  ## record the exact versions installed now in constraints.txt (after changing requirements.txt)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	{ head -2 constraints.txt; $(PY) -m pip freeze --exclude-editable --disable-pip-version-check; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) test-artifacts
+	rm -rf $(VENV) test-artifacts build

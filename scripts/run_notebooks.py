@@ -97,6 +97,8 @@ def run(path: Path, overrides: dict[str, object] | None = None, write: bool = Tr
     client.execute()
     elapsed = time.perf_counter() - began
     if write and not overrides:
+        # the run time a reader is told (make book's course map): this machine, top to bottom
+        notebook.metadata["course"] = {"run_seconds": round(elapsed, 1), "cpu_cores": os.cpu_count()}
         answer_keys.write_split(notebook, path)
     return notebook, elapsed
 
