@@ -101,3 +101,14 @@ def test_show_samples_is_balanced():
     figure = plots.show_samples(images, [0, 0, 1, 2, 1, 2], ["x", "y", "z"], per_class=2)
     assert len(figure.axes) == 6 and [ax.get_title() for ax in figure.axes[:3]] == ["x", "y", "z"]
     assert all(len(ax.images) == 1 for ax in figure.axes)
+
+
+def test_long_bar_labels_wrap_instead_of_overlapping():
+    names = ["1: head only", "2: + blocks, rate chosen on validation", "2: + blocks at backbone lr 0.01",
+             "2: + blocks at backbone lr 0.001", "linear model on raw pixels, standardised"]
+    figure = plots.bars_over_seeds({name: [0.7, 0.8, 0.75] for name in names})
+    figure.canvas.draw()
+    ax = figure.axes[0]
+    boxes = [label.get_window_extent() for label in ax.get_xticklabels()]
+    assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:])), "neighbouring bar labels overlap"
+    assert all("\n" in label.get_text() for label in ax.get_xticklabels()[1:])

@@ -102,7 +102,8 @@ def test_javascript_matches_python(which, node, pretrained_mobilenet_v2, tmp_pat
             sim.load_state({"bn_train_when_frozen": bn, "train_norm_affine": affine}).cost_table()
     state = sim.state()
     numbers = [[rng.choice([0, 1, 7, 999, 1000, 1234, 99_949, 1e5 + 1, 2.5e6, 123_456_789, 9.9949e8, 4.2e10]),
-                rng.choice([1, 1000, 1e6, 5e9])] for _ in range(60)] + [[995, 1000], [4, 1000], [1, 0], [1000, 1000]]
+                rng.choice([1, 1000, 1e6, 5e9])] for _ in range(60)] + [[995, 1000], [4, 1000], [1, 0], [1000, 1000],
+                                                            [12_810, 2_236_682], [99_549, 1e6], [99_951, 1e6], [4, 1e5]]
     inputs = {"blocks": block_rows(sim), "table": sim.cost_table().to_json(), "cases": cases,
               "slots": sim.optimizer_slots(), "base": scenario.encode(which, state), "numbers": numbers,
               "head": sim.head_block, "vocabulary": vocabulary.for_browser()}

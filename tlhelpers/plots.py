@@ -9,6 +9,7 @@ figure without leaking open figures.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -96,6 +97,10 @@ def _spread_of(values: Sequence[float]) -> tuple[float, float, float]:
     return float(array.mean()), float(array.mean() - array.min()), float(array.max() - array.mean())
 
 
+#: Characters per line of a bar's label in :func:`bars_over_seeds` (a bar is 1.3 inches wide).
+TICK_CHARACTERS = 16
+
+
 def bars_over_seeds(results: Mapping[str, Sequence[float]], ylabel: str = "validation accuracy",
                     title: str = "", chance: float | None = None, percent: bool = True) -> Figure:
     """One bar per method at the mean over seeds, an error bar from the worst to the best seed,
@@ -112,7 +117,8 @@ def bars_over_seeds(results: Mapping[str, Sequence[float]], ylabel: str = "valid
     if chance is not None:
         ax.axhline(chance, color="grey", ls=":", lw=1)
         ax.text(len(names) - 0.5, chance, " chance", va="bottom", ha="right", fontsize=8, color="grey")
-    ax.set_xticks(range(len(names)), names, fontsize=9, rotation=15 if len(names) > 4 else 0)
+    # long names wrap onto several lines under their own bar, so neighbours never overlap
+    ax.set_xticks(range(len(names)), [textwrap.fill(name, TICK_CHARACTERS) for name in names], fontsize=9)
     ax.set(ylabel=ylabel, title=title or "mean over seeds; bar: worst to best seed; dots: each seed")
     if percent:
         ax.set_ylim(0, 1)

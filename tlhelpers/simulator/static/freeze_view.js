@@ -153,8 +153,10 @@ export function shareText(value, reference) {
   if (!reference) return "n/a";
   const share = value / reference;
   if (share >= 0.995 && share < 1) return ">99%";
-  if (share > 0 && share < 0.005) return "<1%";
-  return `${Math.round(share * 100)}%`;
+  if (share > 0 && share < 0.0005) return "<0.1%";
+  const tenths = Math.floor(share * 1000 + 0.5);   // one decimal below 10% (figure.share_text, the same rule)
+  if (tenths > 0 && tenths < 100) return `${(tenths / 10).toFixed(1)}%`;
+  return `${Math.floor(share * 100 + 0.5)}%`;
 }
 
 function encodeName(name) {
