@@ -216,3 +216,27 @@ def test_recompute_bn_without_batchnorm_is_a_clear_error(splits):
     model, params = _linear()()
     with pytest.raises(ValueError, match="no BatchNorm layer with running statistics: leave it False"):
         protocol.train(model, params, protocol.as_tensors(splits.train), splits.val, budget, 0.05, recompute_bn=True)
+
+
+def test_restore_best_false_keeps_the_last_step(splits):
+    """The run still names its best check; only the weights left in the model differ."""
+    budget = protocol.Budget(max_steps=9, batch_size=16, eval_every=3, patience=None, lrs=(10.0,))
+    train_t, val_t = protocol.as_tensors(splits.train), protocol.as_tensors(splits.val)
+    kept = {}
+    for restore in (True, False):
+        torch.manual_seed(0)
+        model, params = _linear()()
+        run = protocol.train(model, params, train_t, val_t, budget, 10.0, seed=0, restore_best=restore)
+        kept[restore] = (run, [p.detach().clone() for p in model.parameters()])
+    (best_run, best_weights), (last_run, last_weights) = kept[True], kept[False]
+    assert best_run.curve == last_run.curve and best_run.best_step == last_run.best_step < budget.max_steps
+    assert protocol.evaluate(_with(best_weights), val_t) == pytest.approx(best_run.val_acc)
+    assert protocol.evaluate(_with(last_weights), val_t) == pytest.approx(last_run.curve[-1][1])
+
+
+def _with(weights):
+    model, _ = _linear()()
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), weights):
+            p.copy_(w)
+    return model

@@ -265,7 +265,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float
 
 def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Dataset, budget: Budget,
           lr: float, *, seed: int = 0, loss_fn: Callable | None = None,
-          bn_policy: str = "frozen-eval", recompute_bn: bool = False) -> Run:
+          bn_policy: str = "frozen-eval", recompute_bn: bool = False, restore_best: bool = True) -> Run:
     """Train ``params`` of ``model`` under ``budget`` at learning rate ``lr``; keep the best validation check.
 
     ``params`` are parameters or param groups (a group's ``"lr_scale"`` multiplies ``lr``, for
@@ -283,6 +283,10 @@ def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Datas
     averages (momentum 0.1) follow, and in ``eval()`` it is scored with statistics of weights it
     no longer has (notebook 05 measures the difference). Training itself is unchanged: in
     ``train()`` BatchNorm normalises with each batch's own statistics.
+
+    ``restore_best=False`` leaves the weights of the last step in ``model`` (the returned
+    :class:`Run` still names the best check): for measuring what the steps themselves did, such as
+    how far the weights moved in a fixed number of steps, not for choosing a model.
     """
     lr = float(lr)
     if not lr > 0:
@@ -334,7 +338,8 @@ def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Datas
                 if budget.patience is not None and since >= budget.patience:
                     stopped = True
                     break
-    model.load_state_dict(best_state)
+    if restore_best:
+        model.load_state_dict(best_state)
     model.eval()
     return Run(lr=lr, steps=step, best_step=best_step, val_acc=best_acc, curve=curve, train_size=n,
                batch_size=min(budget.batch_size, n), stopped_early=stopped)
