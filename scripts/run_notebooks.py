@@ -5,7 +5,7 @@ Usage:
     python scripts/run_notebooks.py --check --set SEED=7 [NOTEBOOK ...]   # run with SEED = 7, write nothing
     python scripts/run_notebooks.py --check --set DATASET='"digits"' 05_fine_tuning.ipynb
 
-Default notebooks: every notebooks/NN_*.ipynb. Each runs top to bottom in a fresh kernel with
+Default notebooks: every notebooks/NN_*.ipynb, then notebooks/simulator.ipynb. Each runs top to bottom in a fresh kernel with
 its working directory set to notebooks/, exactly as JupyterLab and nbval run it, with its
 exercise solutions (notebooks/solutions/) in place after their exercises (scripts/answer_keys.py);
 a write stores the outputs back into both files. ``--set
@@ -38,7 +38,9 @@ NOTEBOOKS = ROOT / "notebooks"
 
 
 def default_notebooks() -> list[Path]:
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    """Every numbered notebook, then the simulator's page (its stored widget state is what make book shows)."""
+    simulator = NOTEBOOKS / "simulator.ipynb"
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")) + ([simulator] if simulator.exists() else [])
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
