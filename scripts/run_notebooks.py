@@ -5,10 +5,11 @@ Usage:
     python scripts/run_notebooks.py --check --set SEED=7 [NOTEBOOK ...]   # run with SEED = 7, write nothing
     python scripts/run_notebooks.py --check --set DATASET='"digits"' 05_fine_tuning.ipynb
 
-Default notebooks: every notebooks/NN_*.ipynb, then notebooks/simulator.ipynb. Each runs top to bottom in a fresh kernel with
-its working directory set to notebooks/, exactly as JupyterLab and nbval run it, with its
-exercise solutions (notebooks/solutions/) in place after their exercises (scripts/answer_keys.py);
-a write stores the outputs back into both files. ``--set
+Default notebooks: every notebooks/NN_*.ipynb, then notebooks/simulator.ipynb. Each runs top
+to bottom in a fresh kernel with its working directory set to notebooks/, exactly as JupyterLab
+and nbval run it, with its exercise solutions (notebooks/solutions/) in place after their
+exercises (scripts/answer_keys.py); a write stores the outputs back into both files and the
+run time into the notebook's metadata (``course.run_seconds``, read by make book). ``--set
 NAME=VALUE`` (VALUE is a Python literal) adds a cell right after the tagged ``parameters`` cell
 that assigns it, as papermill does; such a run is only a check and never writes the notebook.
 The wall time of each notebook is printed; a failing cell stops that notebook, leaves the file
