@@ -115,10 +115,6 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
     return answer_keys.merged(path)
 
 
-def _tags(cell) -> list[str]:
-    return list(cell.get("metadata", {}).get("tags", []))
-
-
 def _first_markdown(notebook) -> str:
     return next((cell.source for cell in notebook.cells if cell.cell_type == "markdown"), "")
 
@@ -150,7 +146,7 @@ def describe(path: Path, notebook) -> Page:
     code = [c for c in notebook.cells if c.cell_type == "code"]
     return Page(source=path, notebook=notebook, title=title, why=why, objectives=objectives,
                 cells=len(notebook.cells), code_cells=len(code), run_seconds=run_seconds(notebook),
-                solutions=sum("solution" in _tags(c) for c in notebook.cells))
+                solutions=sum("solution" in answer_keys.tags(c) for c in notebook.cells))
 
 
 def run_seconds(notebook) -> float | None:

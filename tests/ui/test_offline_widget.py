@@ -29,6 +29,7 @@ from urllib.parse import quote
 import pytest
 
 from tlhelpers.simulator import FreezeSim, FreezeView, describe_flow
+from tlhelpers.simulator.view import complete_table
 
 try:
     from playwright.sync_api import Page, expect
@@ -99,11 +100,9 @@ window.__listeners = () => Object.values(handlers).reduce((n, list) => n + list.
 
 @pytest.fixture(scope="module")
 def sim(pretrained_mobilenet_v2) -> FreezeSim:
-    """MobileNetV2 with every switch's cases measured, back at the start (head only trainable)."""
+    """MobileNetV2 with every switch's cases measured (view.complete_table), at the start (head only trainable)."""
     sim = FreezeSim(pretrained_mobilenet_v2)
-    for bn in (False, True):
-        for affine in (False, True):
-            sim.load_state({"bn_train_when_frozen": bn, "train_norm_affine": affine}).cost_table()
+    complete_table(sim)
     return sim.load_state({"frozen": HEAD_ONLY, "bn_train_when_frozen": False, "train_norm_affine": False})
 
 
