@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import Dataset
 
-from tlhelpers import compare, protocol
+from tlhelpers import protocol
 
 TO_TENSOR = torchvision.transforms.ToTensor()
 
@@ -70,6 +70,9 @@ def test_too_few_training_files_is_a_clear_error_or_shared_out(capsys):
     ({"lrs": ()}, "lrs must be a non-empty"),
     ({"lrs": (1e-3, -1.0)}, "lrs must be a non-empty"),
     ({"weight_decay": -1}, "weight_decay"),
+    ({"lrs": (1e-2, 1e-3, 3e-4)}, "must be log-spaced"),
+    ({"lrs": (1e-3, 1e-3, 1e-4)}, "must be log-spaced"),
+    ({"max_extend": -1}, "max_extend"),
 ])
 def test_bad_budgets_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -101,11 +104,144 @@ def test_early_stopping_keeps_the_best_validation_check(splits):
 
 
 def test_choose_picks_the_rate_with_the_best_validation(splits):
-    budget = protocol.Budget(max_steps=30, batch_size=16, eval_every=10, patience=None, lrs=(1e-6, 3e-2))
+    budget = protocol.Budget(max_steps=30, batch_size=16, eval_every=10, patience=None, lrs=(1e-1, 1e-2, 1e-3),
+                             max_extend=0)
     model, run = protocol.choose(_linear(), splits.train, splits.val, budget, seed=1)
-    assert set(run.tried) == {1e-6, 3e-2}
-    assert run.lr == max(run.tried, key=run.tried.get) == 3e-2
-    assert run.val_acc == run.tried[3e-2]
+    assert set(run.tried) == {1e-1, 1e-2, 1e-3} and run.grid == (1e-1, 1e-2, 1e-3)
+    assert run.lr == max(run.tried, key=run.tried.get)
+    assert run.val_acc == run.tried[run.lr]
+
+
+def test_choose_refuses_a_grid_of_two_rates(splits):
+    budget = protocol.Budget(max_steps=5, lrs=(1e-2, 1e-3))
+    with pytest.raises(ValueError, match="at least 3 log-spaced rates"):
+        protocol.choose(_linear(), splits.train, splits.val, budget)
+
+
+class _Peaked(nn.Module):
+    """A toy that names the learning rate its validation accuracy peaks at (``best``); the faked
+    ``train`` below scores a rate by its log-distance from it."""
+
+    def __init__(self, best: float):
+        super().__init__()
+        self.best = best
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.zeros(len(x), 10) + self.weight.sum() * 0
+
+
+def test_the_grid_grows_past_a_winning_edge_until_its_bound(splits, monkeypatch):
+    """A toy whose best rate (1e-6) lies past the grid's low edge: the grid grows one step at a time,
+    stops at max_extend, and the choice is marked at the bound; a peak inside stops the growth."""
+    import math
+
+    def fake_train(model, params, train_set, val_set, budget, lr, **kwargs):
+        value = 1.0 - abs(math.log10(lr) - math.log10(model.best)) / 10
+        return protocol.Run(lr=lr, steps=10, best_step=5, val_acc=value, curve=[(5, value)], train_size=10,
+                            batch_size=1, stopped_early=False, max_steps=budget.max_steps)
+
+    monkeypatch.setattr(protocol, "train", fake_train)
+    budget = protocol.Budget(max_steps=10, lrs=(1e-2, 1e-3, 1e-4), max_extend=1)
+    _, run = protocol.choose(lambda: (_Peaked(1e-6), []), splits.train, splits.val, budget)
+    assert run.grid == pytest.approx((1e-2, 1e-3, 1e-4, 1e-5)) and run.lr == pytest.approx(1e-5)
+    assert run.at_bound
+    wider = protocol.Budget(max_steps=10, lrs=(1e-2, 1e-3, 1e-4), max_extend=3)
+    _, run = protocol.choose(lambda: (_Peaked(1e-6), []), splits.train, splits.val, wider)
+    assert run.lr == pytest.approx(1e-6) and not run.at_bound     # found, with 1e-7 tried past it
+    assert run.grid == pytest.approx((1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7))
+    _, run = protocol.choose(lambda: (_Peaked(1e-3), []), splits.train, splits.val, budget)
+    assert run.lr == pytest.approx(1e-3) and run.grid == pytest.approx((1e-2, 1e-3, 1e-4)) and not run.at_bound
+    _, run = protocol.choose(lambda: (_Peaked(1.0), []), splits.train, splits.val, budget)
+    assert run.grid[0] == pytest.approx(1e-1) and run.at_bound                  # grows upward too
+
+
+def test_convergence_is_the_best_check_outside_the_last_quarter_of_the_cap():
+    def run(best, cap=100):
+        return protocol.Run(lr=1e-3, steps=cap, best_step=best, val_acc=0.5, curve=[], train_size=10, batch_size=1,
+                            stopped_early=False, max_steps=cap)
+    assert run(75).converged and not run(76).converged and not run(100).converged and run(0).converged
+    assert "NOT converged: still improving at its cap" in run(100).describe()
+
+
+def test_a_run_still_improving_at_its_cap_is_flagged(splits):
+    """A linear model at a small rate for a few steps is still climbing when the cap ends it."""
+    budget = protocol.Budget(max_steps=8, batch_size=16, eval_every=2, patience=None, lrs=(3e-3,))
+    torch.manual_seed(0)
+    model, params = _linear()()
+    short = protocol.train(model, params, splits.train, splits.val, budget, 3e-3, seed=0)
+    assert short.best_step == 8 and not short.converged
+    budget = protocol.Budget(max_steps=400, batch_size=16, eval_every=10, patience=3, lrs=(0.3,))
+    torch.manual_seed(0)
+    model, params = _linear()()
+    long = protocol.train(model, params, splits.train, splits.val, budget, 0.3, seed=0)
+    assert long.stopped_early and long.converged
+
+
+def test_early_stopping_runs_at_a_constant_rate_and_equal_steps_decay_over_the_cap(splits, monkeypatch):
+    seen = {}
+    real = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.setdefault(self.defaults["weight_decay"], []).append(self.param_groups[0]["lr"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    for patience, decay in ((3, 0.01), (None, 0.02)):
+        budget = protocol.Budget(max_steps=20, batch_size=16, eval_every=5, patience=patience, weight_decay=decay,
+                                 lrs=(1e-2,))
+        model, params = _linear()()
+        protocol.train(model, params, splits.train, splits.val, budget, 1e-2, seed=0)
+    constant, cosine = seen[0.01], seen[0.02]
+    assert set(constant) == {1e-2}
+    assert cosine[0] == pytest.approx(1e-2) and cosine == sorted(cosine, reverse=True) and cosine[-1] < 1e-4
+
+
+def _result(runs_scores):
+    result = protocol.Result()
+    for run, values in runs_scores:
+        result.add(run, values)
+    return result
+
+
+def _run(best_step, cap=100, lr=1e-3, at_bound=False):
+    return protocol.Run(lr=lr, steps=cap, best_step=best_step, val_acc=0.8, curve=[], train_size=100, batch_size=10,
+                        stopped_early=False, max_steps=cap, tried={lr * 10: 0.7, lr: 0.8, lr / 10: 0.75},
+                        at_bound=at_bound)
+
+
+def test_table_refuses_a_verdict_between_converged_and_unconverged():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    good = [(rng.random(200) < 0.9).astype(float) for _ in range(3)]
+    poor = [(rng.random(200) < 0.5).astype(float) for _ in range(3)]
+    results = {"probe": _result([(_run(40), v) for v in poor]),
+               "fine-tune": _result([(_run(100), v) for v in good]),
+               "scratch": _result([(_run(50), v) for v in good])}
+    text = protocol.table(results, baseline="probe")
+    assert "fine-tune: not comparable: fine-tune still improving at its cap on 3 of 3 seeds" in text
+    assert "scratch: scratch beat probe: +" in text and "beat" not in text.split("fine-tune:")[1].split("\n")[0]
+    assert "0/3" in text and "3/3" in text                       # converged per method
+    assert "0.01..0.0001 (3)" in text                           # the final grid
+    assert "paired with the baseline, probe, on test (2 comparisons, Bonferroni: each interval at 97.5%)" in text
+    both = {"A": _result([(_run(100), v) for v in good]), "B": _result([(_run(100), v) for v in poor])}
+    assert "both still improving at the cap: a verdict at this budget only" in protocol.table(both, baseline="B")
+
+
+def test_table_prints_grid_rates_steps_epochs_convergence_and_intervals():
+    import numpy as np
+    rng = np.random.default_rng(1)
+    result = _result([(_run(60, lr=1e-3, at_bound=True), (rng.random(100) < p).astype(float))
+                      for p in (0.7, 0.72, 0.74)])
+    other = _result([(None, (rng.random(100) < 0.2).astype(float)) for _ in range(3)])
+    text = protocol.table({"probe": result, "pixels": other}, title="digits", baseline="pixels")
+    assert "test (reported)" in text and "lr chosen" in text and "steps kept/taken" in text and "converged" in text
+    assert "0.001*" in text and "60/100" in text and "6.0" in text and "a chosen rate at the bound" in text
+    assert "probe beat pixels: +" in text and "3 seeds x 100 test images" in text
+    with pytest.raises(ValueError, match="split must be one of"):
+        protocol.table({"probe": result}, split="val")
+    with pytest.raises(ValueError, match="not an accuracy"):
+        result.add(_run(5), 0.7)
 
 
 class _Scrambled(Dataset):
@@ -124,7 +260,7 @@ class _Scrambled(Dataset):
 
 
 def test_no_choice_reads_the_test_split(splits):
-    budget = protocol.Budget(max_steps=20, batch_size=16, eval_every=5, patience=2, lrs=(1e-3, 1e-2))
+    budget = protocol.Budget(max_steps=20, batch_size=16, eval_every=5, patience=2, lrs=(1e-1, 1e-2, 1e-3))
     contenders = {"linear": _linear(), "small MLP": lambda: (lambda m: (m, m.parameters()))(
         nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 10)))}
     honest = protocol.contest(contenders, splits, budget, seed=0)
@@ -136,6 +272,18 @@ def test_no_choice_reads_the_test_split(splits):
         # the same rate, the same kept step, the same validation curve: the test labels changed nothing chosen
         assert (run_a.lr, run_a.best_step, run_a.curve) == (run_b.lr, run_b.best_step, run_b.curve)
     assert len(reads) == len(contenders) * len(splits.test)     # test read once per chosen model, only to score
+    assert all(len(scores) == len(splits.test) for _, scores in honest.values())
+
+
+def test_contest_doubles_the_cap_for_every_contender_until_converged(splits):
+    budget = protocol.Budget(max_steps=4, batch_size=16, eval_every=2, patience=None, lrs=(1e-2, 1e-3, 1e-4),
+                             max_extend=0)
+    contenders = {"linear": _linear()}
+    once = protocol.contest(contenders, splits, budget, seed=0)
+    assert not once["linear"][0].converged and once["linear"][0].max_steps == 4
+    doubled = protocol.contest(contenders, splits, budget, seed=0, max_doublings=3)
+    run = doubled["linear"][0]
+    assert run.max_steps in (8, 16, 32) and (run.converged or run.max_steps == 32)
 
 
 def test_param_groups_scale_the_rate():
@@ -148,27 +296,6 @@ def test_param_groups_scale_the_rate():
         protocol._optimizer(model[0].parameters(), 1e-2, 0.0)
 
 
-def test_table_prints_split_steps_epochs_and_rates(splits):
-    run = protocol.Run(lr=1e-3, steps=120, best_step=60, val_acc=0.8, curve=[], train_size=120,
-                       batch_size=16, stopped_early=True)
-    result = protocol.Result()
-    for test_acc in (0.7, 0.72, 0.74):
-        result.add(run, test_acc)
-    text = protocol.table({"probe": result}, title="digits")
-    assert "test (reported)" in text and "lr (chosen)" in text and "steps kept/taken" in text
-    assert "0.001" in text and "60/120" in text and "8.0" in text and "72.0% ± 2.0 (70.0-74.0)" in text
-    with pytest.raises(ValueError, match="split must be one of"):
-        protocol.table({"probe": result}, split="val")
-
-
-def test_ranking_checks_every_pair_in_words():
-    text = compare.ranking({"A": [0.90, 0.91, 0.92], "B": [0.85, 0.88, 0.915], "C": [0.80, 0.81, 0.86]})
-    assert text.startswith("best first by mean: A, B, C")
-    assert "A beat C" in text            # not neighbours, still compared
-    assert "not separated: A and B, B and C" in text
-    assert "≈" not in text
-
-
 def test_per_class_none_trains_on_everything_validation_leaves(splits):
     everything = protocol.three_splits("digits", None, val_per_class=8, test_per_class=6, seed=3, transform=TO_TENSOR)
     assert not _source_indices(everything.train) & _source_indices(everything.val)
@@ -179,11 +306,13 @@ def test_per_class_none_trains_on_everything_validation_leaves(splits):
 
 
 def test_the_budget_says_what_every_contender_gets():
-    text = protocol.Budget(max_steps=50, lrs=(1e-3, 1e-4), patience=3, eval_every=5).describe()
-    assert text.startswith("at most 50 AdamW steps of 32 images") and "from {0.001, 0.0001}" in text
-    assert "3 validation checks without a new best (every 5 steps)" in text
-    assert protocol.Budget(lrs=(3e-3,), patience=None).describe().endswith(
-        "every contender takes all of them (equal steps); learning rate 0.003 for every contender")
+    text = protocol.Budget(max_steps=50, lrs=(1e-2, 1e-3, 1e-4), patience=3, eval_every=5).describe()
+    assert text.startswith("at most 50 AdamW steps of 32 images") and "from {0.01, 0.001, 0.0001}" in text
+    assert "3 validation checks without a new best (every 5 steps), at a constant rate" in text
+    assert "extended up to 2 step(s) past an edge that wins" in text
+    assert "converged = best check not in the last 25% of the cap" in text
+    assert "equal steps), cosine decay of the rate to zero over them; learning rate 0.003;" in protocol.Budget(
+        lrs=(3e-3,), patience=None).describe()
 
 
 def _small_bn_net():

@@ -2,26 +2,49 @@
 
 A verdict such as "fine-tuning beat the linear probe" measures the methods only when nothing
 else differs: not the number of steps, not the learning rate, not the images that chose the
-best epoch. The course's comparison notebooks (04, 05, 07, 08) and the command line follow one
-protocol, and this module is where it lives:
+best epoch. The course's comparison notebooks (04, 05, 07, 08, 09) and the command line follow
+one protocol, and this module is where it lives:
 
 1. **Three splits** (:func:`three_splits`). *train* fits the weights; *validation* makes every
-   choice (learning rate, best step, early stop, a mixing weight); *test* is scored once per
-   final model and never used for a choice. Train and validation are drawn disjointly from the
-   dataset's training files; test is the dataset's held-out split.
+   choice (learning rate, best step, early stop, a mixing weight, which method to keep); *test*
+   is scored once per final model and never used for a choice. Train and validation are drawn
+   disjointly from the dataset's training files; test is the dataset's held-out split.
 2. **One budget** (:class:`Budget`). Every contender gets the same cap of optimizer steps with
-   the same optimizer and schedule (AdamW, cosine decay over the cap) and batches of the same
-   size. With ``patience=None`` each uses every step (equal steps); otherwise each stops when
-   validation has not improved for ``patience`` checks (its own early stop under the same cap).
-   Either way the weights of the best validation check are the ones kept.
-3. **One learning-rate grid** (``Budget.lrs``) for every contender; :func:`choose` trains once
-   per rate from the same start and keeps the run with the best validation accuracy.
-4. **Tables that show it** (:func:`table`): split, learning rate, steps, epochs, validation and
-   test accuracy per method, so a reader sees the budget next to the verdict.
+   the same optimizer (AdamW) and batches of the same size. Two ways to spend it, and the
+   schedule always runs its full course:
 
-Verdicts over seeds come from :mod:`tlhelpers.compare`. Training a head on cached features
-(``training.cache_features``) and training through the network use the same :func:`train`, so
-a probe and a fine-tuned network are judged alike: converged against converged.
+   * ``patience=None``: **equal steps**. Every contender takes all ``max_steps``, with cosine
+     decay of the rate to zero over exactly those steps.
+   * ``patience=p``: **its own early stop under the same cap**. Each contender stops when
+     validation has not improved for ``p`` checks, at a **constant** rate. A decay over the cap
+     would be cut off wherever the stop happens to fall (a run stopping at a third of its cap
+     would have seen its rate barely start to fall), so the kept weights would depend on a
+     schedule nobody chose; with a constant rate every run has had the whole of its schedule
+     whenever it stops, and a run that stopped early is the same run under any larger cap.
+
+   Either way the weights of the best validation check are the ones kept.
+3. **Converged, or marked as not** (:attr:`Run.converged`). A run has converged when its best
+   validation check is not in the **last quarter of its cap** (``LAST_FRACTION``): it was no
+   longer improving when the steps ran out. :func:`contest` can double the cap for every
+   contender (``max_doublings``) until each has converged, and :func:`table` refuses a verdict
+   between a converged and an unconverged contender ("not comparable: X still improving at its
+   cap"): a method that ran out of steps has not been measured, only its budget has.
+4. **A learning-rate grid that contains its choice** (:func:`choose`). ``Budget.lrs`` holds at
+   least three log-spaced rates; every contender trains once per rate from the same start and
+   keeps the best on validation. When the best is at an edge of the grid, the grid grows one
+   step past that edge (same spacing) and the new rate is tried, up to ``Budget.max_extend``
+   steps per side; :attr:`Run.grid` is the final grid and :attr:`Run.at_bound` marks a choice
+   still at its edge. The rate is chosen **per seed on that seed's validation split**, not once
+   on a tuning seed: each seed then repeats the whole procedure a learner would follow (split,
+   choose, train, score), so the spread over seeds, and the paired interval built on it, includes
+   the noise of the choice itself, which a rate fixed once would hide.
+5. **Tables that show it** (:func:`table`): per method the final grid and the rates chosen,
+   steps kept and taken, epochs, converged on how many seeds, validation and test accuracy, and
+   each contender's paired interval against a named baseline (:mod:`tlhelpers.compare`), with
+   the gap this run could have detected.
+
+Training a head on cached features (``training.cache_features``) and training through the
+network use the same :func:`train`, so a probe and a fine-tuned network are judged alike.
 """
 
 from __future__ import annotations
@@ -40,7 +63,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default
 from tlhelpers import compare
 from tlhelpers.checks import integer
 from tlhelpers.data import FewShot, load_dataset
-from tlhelpers.evaluation import accuracy
+from tlhelpers.evaluation import accuracy, predict
 from tlhelpers.freezing import batchnorm_layers, set_bn_policy
 from tlhelpers.robust import reestimate_batchnorm
 from tlhelpers.runtime import model_device, seed_everything
@@ -164,43 +187,81 @@ def as_tensors(dataset: Dataset, rows: Sequence[int] | None = None) -> TensorDat
 
 # --------------------------------------------------------------------------- budget and runs
 
+#: A run has converged when its best validation check is not in the last quarter of its cap.
+LAST_FRACTION = 0.25
+#: Every grid :func:`choose` takes has at least this many rates.
+MIN_RATES = 3
+
+
+def _log_spaced(lrs: tuple[float, ...]) -> float:
+    """The common ratio of a log-spaced grid (largest first); ValueError when it is not log-spaced."""
+    ordered = sorted(lrs, reverse=True)
+    ratios = [ordered[i] / ordered[i + 1] for i in range(len(ordered) - 1)]
+    if not ratios:
+        return 10.0
+    if min(ratios) <= 1 or max(ratios) / min(ratios) > 1.01:
+        raise ValueError(f"the learning-rate grid {lrs!r} must be log-spaced with distinct rates "
+                         "(the same ratio between neighbours, for example (1e-2, 1e-3, 1e-4))")
+    return ratios[0]
+
+
 @dataclass(frozen=True)
 class Budget:
     """What every contender in one comparison gets.
 
-    ``max_steps`` optimizer steps at most, batches of ``batch_size``, AdamW with cosine decay
-    from the learning rate to zero over ``max_steps``, a validation check every ``eval_every``
-    steps (and before the first), early stop after ``patience`` checks without a new best
-    (``None``: every contender takes all ``max_steps``), and the learning rates ``lrs`` tried.
+    ``max_steps`` optimizer steps at most (the cap), batches of ``batch_size``, AdamW with
+    ``weight_decay``, a validation check every ``eval_every`` steps (and before the first).
+    ``patience=None``: every contender takes all ``max_steps`` with cosine decay over them;
+    ``patience=p``: each stops after ``p`` checks without a new best, at a constant rate (see
+    the module docstring for why). ``lrs``: the log-spaced grid :func:`choose` starts from (at
+    least three rates for a choice; one rate is fine for a single :func:`train`), which may grow
+    ``max_extend`` steps past either edge.
     """
 
     max_steps: int = 120
     batch_size: int = 32
-    lrs: tuple[float, ...] = (1e-3, 1e-4)
+    lrs: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
     eval_every: int = 10
     patience: int | None = 4
     weight_decay: float = 0.01
+    max_extend: int = 2
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "eval_every"):
             _positive_int(getattr(self, name), name)
         if self.patience is not None:
             _positive_int(self.patience, "patience (or None for equal steps)")
+        integer(self.max_extend, "max_extend", 0)
         lrs = tuple(self.lrs)
         if not lrs or any(isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 for lr in lrs):
             raise ValueError(f"lrs must be a non-empty sequence of positive learning rates, got {self.lrs!r}")
         object.__setattr__(self, "lrs", tuple(float(lr) for lr in lrs))
+        _log_spaced(self.lrs)
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
 
+    @property
+    def schedule(self) -> str:
+        return "cosine decay over the cap" if self.patience is None else "constant rate (early stopping)"
+
+    def doubled(self) -> "Budget":
+        """The same budget with twice the cap (what :func:`contest` offers an unconverged contender)."""
+        return Budget(self.max_steps * 2, self.batch_size, self.lrs, self.eval_every, self.patience,
+                      self.weight_decay, self.max_extend)
+
     def describe(self) -> str:
-        stop = ("every contender takes all of them (equal steps)" if self.patience is None else
+        stop = ("every contender takes all of them (equal steps), cosine decay of the rate to zero over them"
+                if self.patience is None else
                 f"each stops after {self.patience} validation checks without a new best (every "
-                f"{self.eval_every} steps), keeping its best check")
-        rates = (f"learning rate {self.lrs[0]:g} for every contender" if len(self.lrs) == 1 else
-                 "learning rate chosen on validation from {" + ", ".join(f"{lr:g}" for lr in self.lrs) + "}")
-        return (f"at most {self.max_steps} AdamW steps of {self.batch_size} images, cosine decay, "
-                f"weight decay {self.weight_decay:g}; {stop}; {rates}")
+                f"{self.eval_every} steps), at a constant rate, keeping its best check")
+        if len(self.lrs) == 1:
+            rates = f"learning rate {self.lrs[0]:g}"
+        else:
+            rates = ("learning rate chosen per seed on validation from {" + ", ".join(f"{lr:g}" for lr in self.lrs)
+                     + f"}}, extended up to {self.max_extend} step(s) past an edge that wins")
+        return (f"at most {self.max_steps} AdamW steps of {self.batch_size} images, weight decay "
+                f"{self.weight_decay:g}; {stop}; {rates}; converged = best check not in the last "
+                f"{LAST_FRACTION:.0%} of the cap")
 
 
 @dataclass
@@ -215,17 +276,31 @@ class Run:
     train_size: int
     batch_size: int
     stopped_early: bool
+    max_steps: int             # the cap this run had
     tried: dict[float, float] = field(default_factory=dict)   # lr -> best validation accuracy (choose)
+    at_bound: bool = False     # choose: the chosen rate is at an edge of the final grid, which could grow no more
 
     @property
     def epochs(self) -> float:
         """Passes over the training split up to the kept step."""
         return self.best_step * self.batch_size / self.train_size
 
+    @property
+    def converged(self) -> bool:
+        """The best validation check is not in the last quarter of the cap (``LAST_FRACTION``)."""
+        return self.best_step <= self.max_steps * (1 - LAST_FRACTION)
+
+    @property
+    def grid(self) -> tuple[float, ...]:
+        """Every rate tried, largest first (the final grid of :func:`choose`)."""
+        return tuple(sorted(self.tried or {self.lr: self.val_acc}, reverse=True))
+
     def describe(self) -> str:
         stop = "early stop" if self.stopped_early else "cap"
-        return (f"lr {self.lr:g}, kept step {self.best_step} of {self.steps} ({stop}), {self.epochs:.1f} epochs, "
-                f"validation {self.val_acc:.1%}")
+        state = "converged" if self.converged else "NOT converged: still improving at its cap"
+        bound = ", at the grid's bound" if self.at_bound else ""
+        return (f"lr {self.lr:g}{bound}, kept step {self.best_step} of {self.steps} ({stop}, cap {self.max_steps}, "
+                f"{state}), {self.epochs:.1f} epochs, validation {self.val_acc:.1%}")
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator):
@@ -263,6 +338,16 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float
     return accuracy(model, DataLoader(dataset, batch_size=batch_size))
 
 
+def scores(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> np.ndarray:
+    """Per-image scores of ``model`` on ``dataset``, in the dataset's order: 1.0 correct, 0.0 wrong.
+
+    Their mean is :func:`evaluate`'s accuracy; kept per image, two methods scored on the same
+    split can be compared image by image (:func:`tlhelpers.compare.paired`).
+    """
+    predictions = predict(model, DataLoader(dataset, batch_size=batch_size))
+    return (predictions.logits.argmax(dim=1) == predictions.targets).double().numpy()
+
+
 def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Dataset, budget: Budget,
           lr: float, *, seed: int = 0, loss_fn: Callable | None = None,
           bn_policy: str = "frozen-eval", recompute_bn: bool = False, restore_best: bool = True) -> Run:
@@ -270,11 +355,12 @@ def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Datas
 
     ``params`` are parameters or param groups (a group's ``"lr_scale"`` multiplies ``lr``, for
     discriminative rates). Batches are drawn from consecutive shuffled passes over
-    ``train_set`` with ``seed``. ``model`` ends with the weights of its best check. The test
-    split is not an argument: no choice here can read it. ``bn_policy`` is applied after every
-    ``model.train()`` (see :func:`tlhelpers.freezing.set_bn_policy`): with the default
-    ``"frozen-eval"`` a BatchNorm layer whose scale or shift trains is in train mode and moves
-    its running statistics; pass ``"eval"`` to keep every layer's statistics fixed.
+    ``train_set`` with ``seed``. The rate follows ``budget.schedule``: cosine decay over the cap
+    with equal steps, constant with early stopping. ``model`` ends with the weights of its best
+    check. The test split is not an argument: no choice here can read it. ``bn_policy`` is applied
+    after every ``model.train()`` (see :func:`tlhelpers.freezing.set_bn_policy`): with the
+    default ``"frozen-eval"`` a BatchNorm layer whose scale or shift trains is in train mode and
+    moves its running statistics; pass ``"eval"`` to keep every layer's statistics fixed.
 
     ``recompute_bn=True`` recomputes every BatchNorm layer's running statistics on the training
     inputs before each validation check (:func:`tlhelpers.robust.reestimate_batchnorm`, the idea
@@ -297,15 +383,18 @@ def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Datas
     n = len(data)
     if n == 0:
         raise ValueError("the training split is empty")
-    optimizer = _optimizer(params, lr, budget.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, budget.max_steps) / budget.max_steps)))
-    generator = torch.Generator().manual_seed(seed)
-    batches = _batches(n, budget.batch_size, generator)
-
     if recompute_bn and not batchnorm_layers(model):
         raise ValueError(f"recompute_bn=True but {type(model).__name__} has no BatchNorm layer with running "
                          "statistics: leave it False")
+    optimizer = _optimizer(params, lr, budget.weight_decay)
+    cap = budget.max_steps
+    if budget.patience is None:
+        factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, cap) / cap))  # noqa: E731
+    else:
+        factor = lambda step: 1.0  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    generator = torch.Generator().manual_seed(seed)
+    batches = _batches(n, budget.batch_size, generator)
 
     def check(step: int) -> float:
         if recompute_bn:
@@ -318,7 +407,7 @@ def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Datas
     best_acc, best_step = check(0), 0
     best_state = copy.deepcopy(model.state_dict())
     since, stopped, step = 0, False, 0
-    for step in range(1, budget.max_steps + 1):
+    for step in range(1, cap + 1):
         model.train()
         set_bn_policy(model, bn_policy)
         rows = next(batches)
@@ -328,7 +417,7 @@ def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Datas
         loss.backward()
         optimizer.step()
         schedule.step()
-        if step % budget.eval_every == 0 or step == budget.max_steps:
+        if step % budget.eval_every == 0 or step == cap:
             value = check(step)
             if value > best_acc:
                 best_acc, best_step, since = value, step, 0
@@ -342,95 +431,207 @@ def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Datas
         model.load_state_dict(best_state)
     model.eval()
     return Run(lr=lr, steps=step, best_step=best_step, val_acc=best_acc, curve=curve, train_size=n,
-               batch_size=min(budget.batch_size, n), stopped_early=stopped)
+               batch_size=min(budget.batch_size, n), stopped_early=stopped, max_steps=cap)
 
 
 def choose(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Dataset, val_set: Dataset,
            budget: Budget, *, seed: int = 0, **train_kwargs) -> tuple[nn.Module, Run]:
-    """Train one contender at every rate of ``budget.lrs`` and keep the best on validation.
+    """Train one contender at every rate of ``budget.lrs``, growing the grid past a winning edge;
+    keep the best on validation.
 
     ``build()`` returns a fresh ``(model, params)``; it is called after seeding with ``seed``
-    for every rate, so each rate starts from the same weights. Returns the chosen model and its
-    :class:`Run`, whose ``tried`` maps every rate to its validation accuracy. Ties go to the
-    earlier rate in the grid.
+    for every rate, so each rate starts from the same weights. When the best rate is the largest
+    or the smallest tried, the next rate past that edge (the grid's own ratio) is tried too, up to
+    ``budget.max_extend`` rates per side; a choice still at the edge then is marked
+    ``Run.at_bound``. Ties go to the larger rate. Returns the chosen model and its :class:`Run`,
+    whose ``tried`` maps every rate tried to its validation accuracy.
     """
-    best: tuple[nn.Module, Run] | None = None
-    tried: dict[float, float] = {}
-    for lr in budget.lrs:
+    if len(budget.lrs) < MIN_RATES:
+        raise ValueError(f"choose needs a grid of at least {MIN_RATES} log-spaced rates, got {budget.lrs!r}: "
+                         "with two, every choice sits on an edge and no one can tell whether the best rate "
+                         "lies inside the grid (for example lrs=(1e-2, 1e-3, 1e-4))")
+    ratio = _log_spaced(budget.lrs)
+    results: dict[float, tuple[nn.Module, Run]] = {}
+
+    def attempt(lr: float) -> None:
         seed_everything(seed)
         model, params = build()
-        run = train(model, params, train_set, val_set, budget, lr, seed=seed, **train_kwargs)
-        tried[lr] = run.val_acc
-        if best is None or run.val_acc > best[1].val_acc:
-            best = (model, run)
-    best[1].tried = tried
-    return best
+        results[lr] = (model, train(model, params, train_set, val_set, budget, lr, seed=seed, **train_kwargs))
+
+    for lr in sorted(budget.lrs, reverse=True):
+        attempt(lr)
+    grown = {"up": 0, "down": 0}
+
+    def best_rate() -> float:       # largest rate first, so a tie keeps the larger
+        return max(sorted(results, reverse=True), key=lambda lr: results[lr][1].val_acc)
+
+    while True:
+        lr = best_rate()
+        if lr == max(results) and grown["up"] < budget.max_extend:
+            grown["up"] += 1
+            attempt(max(results) * ratio)
+        elif lr == min(results) and grown["down"] < budget.max_extend:
+            grown["down"] += 1
+            attempt(min(results) / ratio)
+        else:
+            break
+    lr = best_rate()
+    model, run = results[lr]
+    run.tried = {rate: results[rate][1].val_acc for rate in sorted(results, reverse=True)}
+    run.at_bound = lr in (max(results), min(results))
+    return model, run
 
 
 def contest(contenders: Mapping[str, Callable[[], tuple[nn.Module, Iterable]]], splits: Splits | None = None,
             budget: Budget | None = None, *, seed: int = 0, train_set: Dataset | None = None,
-            val_set: Dataset | None = None, test_set: Dataset | None = None,
-            **train_kwargs) -> dict[str, tuple[Run, float]]:
+            val_set: Dataset | None = None, test_set: Dataset | None = None, max_doublings: int = 0,
+            **train_kwargs) -> dict[str, tuple[Run, np.ndarray]]:
     """One seed of a comparison: :func:`choose` every contender on train/validation, then score
-    each chosen model once on test. Returns ``{name: (run, test accuracy)}``.
+    each chosen model once on test. Returns ``{name: (run, per-image test scores)}`` (see :func:`scores`).
 
     The splits come from ``splits`` or from ``train_set`` / ``val_set`` / ``test_set`` (for
-    cached features). Every choice is made before the first test image is read.
+    cached features). Every choice is made before the first test image is read. When a chosen
+    run has not converged (:attr:`Run.converged`), the cap is doubled **for every contender**
+    (the budget stays the same for all) and all are chosen again, up to ``max_doublings`` times;
+    what is still unconverged then is marked so in its :class:`Run` and the tables.
     """
     if splits is not None:
         train_set, val_set, test_set = splits.train, splits.val, splits.test
     if train_set is None or val_set is None or test_set is None:
         raise ValueError("contest needs splits=, or train_set=, val_set= and test_set=")
+    integer(max_doublings, "max_doublings", 0)
     budget = budget or Budget()
-    chosen = {name: choose(build, train_set, val_set, budget, seed=seed, **train_kwargs)
-              for name, build in contenders.items()}
-    return {name: (run, evaluate(model, test_set)) for name, (model, run) in chosen.items()}
+    for doubling in range(max_doublings + 1):
+        chosen = {name: choose(build, train_set, val_set, budget, seed=seed, **train_kwargs)
+                  for name, build in contenders.items()}
+        if all(run.converged for _, run in chosen.values()) or doubling == max_doublings:
+            break
+        budget = budget.doubled()
+    return {name: (run, scores(model, test_set)) for name, (model, run) in chosen.items()}
 
 
 # --------------------------------------------------------------------------- tables
 
 @dataclass
 class Result:
-    """One method over seeds: a :class:`Run` and a test accuracy per seed."""
+    """One method over seeds: a :class:`Run` (``None`` for a method with no training, such as a
+    closed-form baseline) and the per-image test scores of each seed."""
 
-    runs: list[Run] = field(default_factory=list)
-    test: list[float] = field(default_factory=list)
+    runs: list[Run | None] = field(default_factory=list)
+    test_scores: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, run: Run, test_accuracy: float) -> None:
+    def add(self, run: Run | None, test_scores) -> None:
+        """One seed: its run and its per-image test scores (:func:`scores`; 1.0 correct, 0.0 wrong)."""
+        values = np.asarray(test_scores, dtype=float)
+        if values.ndim != 1 or values.size == 0:
+            raise ValueError("add the per-image test scores of this seed (protocol.scores(model, test_set)), "
+                             f"not an accuracy: got shape {values.shape}")
         self.runs.append(run)
-        self.test.append(float(test_accuracy))
+        self.test_scores.append(values)
+
+    @property
+    def test(self) -> list[float]:
+        """Test accuracy per seed."""
+        return [float(values.mean()) for values in self.test_scores]
 
     @property
     def val(self) -> list[float]:
-        return [run.val_acc for run in self.runs]
+        """Validation accuracy per seed at the kept check (the number that made the choices)."""
+        return [run.val_acc for run in self.runs if run is not None]
+
+    @property
+    def scores(self) -> np.ndarray:
+        """(seeds, test images): what :func:`tlhelpers.compare.paired` takes."""
+        return compare.scores_of(self.test_scores)
+
+    @property
+    def trained(self) -> list[Run]:
+        return [run for run in self.runs if run is not None]
+
+    @property
+    def unconverged(self) -> int:
+        """On how many seeds the run was still improving at its cap."""
+        return sum(not run.converged for run in self.trained)
 
 
-def _values(items: Iterable[float]) -> str:
-    values = sorted(set(items))
+def _rates(items: Iterable[float]) -> str:
+    values = sorted(set(items), reverse=True)
     return "/".join(f"{v:g}" for v in values)
 
 
-def table(results: Mapping[str, Result], split: str = "test", title: str | None = None) -> str:
-    """A fixed-width table: per method the learning rates chosen, the steps kept and taken,
-    the epochs, validation accuracy (which made the choices) and ``split`` accuracy, over seeds."""
+def _grid(runs: Sequence[Run]) -> str:
+    rates = sorted({lr for run in runs for lr in run.grid}, reverse=True)
+    return f"{rates[0]:g}..{rates[-1]:g} ({len(rates)})" if len(rates) > 1 else f"{rates[0]:g}"
+
+
+def compared(results: Mapping[str, Result], baseline: str) -> dict[str, str]:
+    """Each contender against ``baseline`` in words: its paired interval on test (Bonferroni over
+    the contenders; :func:`tlhelpers.compare.against`) and what it could have detected, or "not
+    comparable" when one of the two was still improving at its cap on some seed and the other was not."""
+    if baseline not in results:
+        raise ValueError(f"the baseline {baseline!r} is not in the table: choose one of {list(results)}")
+    intervals = compare.against(baseline, {name: result.scores for name, result in results.items()})
+    base = results[baseline]
+    lines = {}
+    for name, interval in intervals.items():
+        result = results[name]
+        stuck = [(label, r) for label, r in ((name, result), (baseline, base)) if r.unconverged]
+        if len(stuck) == 1:
+            label, r = stuck[0]
+            lines[name] = (f"not comparable: {label} still improving at its cap on {r.unconverged} of "
+                           f"{len(r.trained)} seeds ({name} - {baseline} = {interval})")
+            continue
+        text = interval.sentence(name, baseline)
+        if len(stuck) == 2:
+            text += " (both still improving at the cap: a verdict at this budget only)"
+        lines[name] = text
+    return lines
+
+
+def table(results: Mapping[str, Result], split: str = "test", title: str | None = None,
+          baseline: str | None = None) -> str:
+    """A fixed-width table: per method the final learning-rate grid and the rates chosen (``*``:
+    at the grid's bound), steps kept and taken, epochs, converged on how many seeds, validation
+    accuracy (which made the choices) and ``split`` accuracy, over seeds. With ``baseline``, the
+    lines below compare every other method with it (:func:`compared`)."""
     if split not in SPLIT_NAMES:
         raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
     if not results:
         raise ValueError("table needs at least one method")
     width = max(len("method"), *(len(name) for name in results))
-    header = (f"{'method':<{width}}  {'lr (chosen)':>12}  {'steps kept/taken':>18}  {'epochs':>7}  "
-              f"{'validation':>22}  {split + ' (reported)':>22}")
+    header = (f"{'method':<{width}}  {'grid (rates)':>16}  {'lr chosen':>11}  {'steps kept/taken':>16}  "
+              f"{'epochs':>6}  {'converged':>9}  {'validation':>20}  {split + ' (reported)':>20}")
     lines = ([title] if title else []) + [header, "-" * len(header)]
+    any_bound = False
     for name, result in results.items():
-        if not result.runs:
+        if not result.test_scores:
             raise ValueError(f"{name!r} has no runs")
-        kept = compare.spread([r.best_step for r in result.runs]).mean
-        taken = compare.spread([r.steps for r in result.runs]).mean
-        epochs = compare.spread([r.epochs for r in result.runs]).mean
-        lines.append(f"{name:<{width}}  {_values(r.lr for r in result.runs):>12}  {f'{kept:.0f}/{taken:.0f}':>18}  "
-                     f"{epochs:>7.1f}  {compare.spread(result.val).format():>22}  "
-                     f"{compare.spread(result.test).format():>22}")
-    n = {len(r.runs) for r in results.values()}
-    lines.append(f"mean ± std (worst-best) over {'/'.join(map(str, sorted(n)))} seeds; steps and epochs are "
-                 "means over seeds; validation made every choice, the last column made none")
+        runs = result.trained
+        if not runs:
+            lines.append(f"{name:<{width}}  {'-':>16}  {'-':>11}  {'-':>16}  {'-':>6}  {'-':>9}  {'-':>20}  "
+                         f"{compare.spread(result.test).format():>20}")
+            continue
+        bound = any(r.at_bound for r in runs)
+        any_bound |= bound
+        chosen = _rates(r.lr for r in runs) + ("*" if bound else "")
+        kept = compare.spread([r.best_step for r in runs]).mean
+        taken = compare.spread([r.steps for r in runs]).mean
+        epochs = compare.spread([r.epochs for r in runs]).mean
+        converged = f"{len(runs) - result.unconverged}/{len(runs)}"
+        lines.append(f"{name:<{width}}  {_grid(runs):>16}  {chosen:>11}  {f'{kept:.0f}/{taken:.0f}':>16}  "
+                     f"{epochs:>6.1f}  {converged:>9}  {compare.spread(result.val).format():>20}  "
+                     f"{compare.spread(result.test).format():>20}")
+    n = {len(r.test_scores) for r in results.values()}
+    caps = {r.max_steps for result in results.values() for r in result.trained}
+    lines.append(f"mean ± std (worst-best) over {'/'.join(map(str, sorted(n)))} seeds; steps and epochs are means "
+                 f"over seeds (cap {'/'.join(map(str, sorted(caps)))} steps); converged: seeds whose best check "
+                 f"was not in the last {LAST_FRACTION:.0%} of the cap; validation made every choice, the last "
+                 "column made none" + ("; * a chosen rate at the bound of its grid" if any_bound else ""))
+    if baseline is not None:
+        verdicts = compared(results, baseline)
+        k = len(verdicts)
+        lines.append(f"paired with the baseline, {baseline}, on {split} ({k} comparison{'s' if k > 1 else ''}"
+                     + (f", Bonferroni: each interval at {1 - (1 - compare.CONFIDENCE) / k:.1%})" if k > 1 else ")")
+                     + ":")
+        lines += [f"  {name}: {text}" for name, text in verdicts.items()]
     return "\n".join(lines)
