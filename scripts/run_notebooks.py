@@ -9,7 +9,9 @@ Default notebooks: every notebooks/NN_*.ipynb, then notebooks/simulator.ipynb. E
 to bottom in a fresh kernel with its working directory set to notebooks/, exactly as JupyterLab
 and nbval run it, with its exercise solutions (notebooks/solutions/) in place after their
 exercises (scripts/answer_keys.py); a write stores the outputs back into both files and the
-run time into the notebook's metadata (``course.run_seconds``, read by make book). ``--set
+run time into the notebook's metadata: ``course.run_seconds`` for the whole notebook (read by
+make book) and ``course.main_story_seconds`` for the cells a learner runs before the first
+"## Going further: ..." or "## Appendix" heading, solutions excluded. ``--set
 NAME=VALUE`` (VALUE is a Python literal) adds a cell right after the tagged ``parameters`` cell
 that assigns it, as papermill does; such a run is only a check and never writes the notebook.
 The wall time of each notebook is printed; a failing cell stops that notebook, leaves the file
@@ -21,6 +23,8 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import re
+from datetime import datetime
 import sys
 import time
 from pathlib import Path
@@ -88,6 +92,27 @@ def printed(notebook) -> str:
     return "\n".join(parts)
 
 
+def is_optional(cell) -> bool:
+    """A "## Going further: ..." or "## Appendix" heading: the main story ends before it."""
+    first = next((line.strip() for line in cell.source.splitlines() if line.strip()), "")
+    return cell.cell_type == "markdown" and bool(re.match(r"##\s+(Going further:|Appendix\b)", first))
+
+
+def main_story_seconds(notebook) -> float:
+    """Seconds the main story's code cells took (solutions excluded), from nbclient's cell timings."""
+    total = 0.0
+    for cell in notebook.cells:
+        if is_optional(cell):
+            break
+        timing = cell.get("metadata", {}).get("execution", {})
+        if cell.cell_type != "code" or "solution" in cell.metadata.get("tags", []) or not timing:
+            continue
+        began = datetime.fromisoformat(timing["iopub.execute_input"].replace("Z", "+00:00"))
+        ended = datetime.fromisoformat(timing["shell.execute_reply"].replace("Z", "+00:00"))
+        total += (ended - began).total_seconds()
+    return total
+
+
 def run(path: Path, overrides: dict[str, object] | None = None, write: bool = True,
         timeout: int = 900) -> tuple[nbformat.NotebookNode, float]:
     """:func:`execute` that also returns the executed notebook (its outputs), for checks."""
@@ -95,13 +120,19 @@ def run(path: Path, overrides: dict[str, object] | None = None, write: bool = Tr
     inject_parameters(notebook, overrides or {})
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
-                            store_widget_state=True, record_timing=False)
+                            store_widget_state=True, record_timing=True)
     began = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - began
+    story = main_story_seconds(notebook)
+    notebook.metadata["course_run"] = {"main_story_seconds": round(story, 1)}
+    for cell in notebook.cells:              # per-cell timestamps would change every stored file on every run
+        cell.get("metadata", {}).pop("execution", None)
     if write and not overrides:
         # the run time a reader is told (make book's course map): this machine, top to bottom
-        notebook.metadata["course"] = {"run_seconds": round(elapsed, 1), "cpu_cores": os.cpu_count()}
+        notebook.metadata.pop("course_run")
+        notebook.metadata["course"] = {"run_seconds": round(elapsed, 1), "main_story_seconds": round(story, 1),
+                                       "cpu_cores": os.cpu_count()}
         answer_keys.write_split(notebook, path)
     return notebook, elapsed
 
@@ -122,9 +153,10 @@ def main(argv: list[str]) -> int:
     failed, total = [], 0.0
     for path in paths:
         try:
-            seconds = execute(path, overrides, write=not (args.check or overrides))
+            notebook, seconds = run(path, overrides, write=not (args.check or overrides))
             total += seconds
-            print(f"{seconds:7.1f} s  {path.relative_to(ROOT)}", flush=True)
+            story = (notebook.metadata.get("course_run") or notebook.metadata["course"])["main_story_seconds"]
+            print(f"{seconds:7.1f} s  {path.relative_to(ROOT)} (main story {story:.1f} s)", flush=True)
         except CellExecutionError as error:
             failed.append(path)
             print(f"FAILED     {path.relative_to(ROOT)}\n{str(error)[-3000:]}", flush=True)
