@@ -297,3 +297,32 @@ def _parse(source: str, path: Path) -> ast.AST:
         return ast.parse("\n".join(lines))
     except SyntaxError as error:
         pytest.fail(f"{path.name}: a code cell does not parse as Python: {error}")
+
+
+#: The notebooks whose verdicts rest on comparisons over seeds (issue "Verdicts with power").
+COMPARISON_NOTEBOOKS = ("04", "05", "07", "08", "09")
+
+
+def _printed(nb) -> str:
+    parts = []
+    for cell in code_cells(nb):
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", "") if output.get("output_type") == "stream"
+                         else output.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def test_verdicts_are_paired_with_a_named_baseline(notebook):
+    """A comparison notebook prints at least one protocol table that names its baseline and prints
+    each contender's convergence and paired interval; no notebook states the old range rule."""
+    path, nb = notebook
+    printed = _printed(nb) + _printed(answer_key(path))
+    for phrase in ("ranges overlap", "no clear difference", "every seed of"):
+        assert phrase not in printed, f"{path.name} still prints the unpaired range rule ({phrase!r})"
+    if path.name[:2] not in COMPARISON_NOTEBOOKS:
+        return
+    assert "paired with the baseline" in printed, \
+        f"{path.name} prints no table with a named baseline: protocol.table(results, baseline=...)"
+    assert re.search(r"[+-]\d+\.\d points \[[+-]\d+\.\d, [+-]\d+\.\d\]", printed), \
+        f"{path.name} prints no paired interval"
+    assert "converged" in printed, f"{path.name} does not say which contenders converged"
