@@ -165,6 +165,8 @@ class Paired:
         return f"a gap of about {self._number(self.detectable, sign=False)}{what} would have been separated"
 
     def __str__(self) -> str:
+        if self.items == 1:     # one measurement per row: paired repeats (timings taken in turns)
+            return f"{self.interval()}, {self.seeds} paired {self.unit}"
         size = f"{self.seeds} seed{'s' if self.seeds != 1 else ''} x {self.items} {self.unit}"
         return f"{self.interval()}, {size}"
 
