@@ -32,7 +32,14 @@ lab: setup  ## open the course in JupyterLab
 # setup, before them, is the one step that needs the package registry.
 # nbval runs each numbered notebook with its exercise solutions in place (scripts/answer_keys.py
 # writes those merged copies to test-artifacts/answer-keys/), so every solution runs in CI too.
-test: setup  ## the whole suite, offline: unit tests, browser tests, every notebook (solutions included) through nbval
+# The node packages the browser tests use (axe-core, package-lock.json), from npm like the Python ones
+# from PyPI; without npm the accessibility tests skip (and fail under CI).
+NODE_STAMP := node_modules/.installed
+$(NODE_STAMP): package.json package-lock.json
+	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the accessibility tests will skip (install Debian's nodejs)"; fi
+
+test: setup $(NODE_STAMP)  ## the whole suite, offline: unit tests, browser tests (axe-core included), every notebook (solutions included) through nbval
 	rm -rf test-artifacts/answer-keys
 	$(PY) scripts/answer_keys.py --out test-artifacts/answer-keys >/dev/null
 	scripts/offline $(PY) -m pytest tests notebooks/simulator.ipynb test-artifacts/answer-keys --nbval-lax --nbval-current-env -p no:cacheprovider --durations=30
@@ -61,4 +68,4 @@ lock: $(STAMP)  ## record the exact versions installed now in constraints.txt (a
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) test-artifacts build
+	rm -rf $(VENV) test-artifacts build node_modules

@@ -366,6 +366,7 @@ def landing(pages: list[Page]) -> str:
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="static/jupyterlab-theme-light.css">
 <link rel="stylesheet" href="static/book.css">
+<script type="module" src="static/book.js"></script>
 </head>
 <body class="book-landing">
 <header class="book-header"><a class="book-home" href="index.html">{html.escape(COURSE)}</a></header>

@@ -241,3 +241,37 @@ def test_run_time_comes_from_the_notebook_metadata_or_is_said_to_be_missing() ->
     assert page.run_seconds == 100.0
     assert book.size_line(page).startswith("ran in 1 min 40 s (make notebooks, 2 CPU cores)")
     assert (page.number, page.short_title, page.why) == ("99", "A title", "Why.")
+
+
+# ----------------------------------------------------------------------------- accessibility
+
+def _luminance(colour: str) -> float:
+    colour = colour.lstrip("#")
+    if len(colour) == 3:
+        colour = "".join(c * 2 for c in colour)
+    channels = [int(colour[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG 2.1 contrast ratio of two #rrggbb colours."""
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_code_prompt_and_link_colours_pass_aa_on_every_background() -> None:
+    """The website's text colours (syntax highlighting, prompts, links, muted text) are at least
+    4.5:1 on the page, the code cells and the header bar (WCAG 1.4.3 AA)."""
+    css = (ROOT / "scripts" / "book_static" / "book.css").read_text()
+    colours = dict(re.findall(r"(--[\w-]+):\s*(#[0-9a-fA-F]{3,6})\s*;", css))
+    text = {name: value for name, value in colours.items()
+            if "mirror-editor" in name or "prompt" in name or "link" in name or name in ("--book-ink", "--book-muted",
+                                                                                          "--book-accent")}
+    assert len(text) >= 12, sorted(text)
+    backgrounds = {"page": "#ffffff", "code cell": "#f5f5f5", "header": "#eeeeee"}
+    poor = [f"{name} {value} on the {where}: {contrast(value, bg):.2f}:1" for name, value in text.items()
+            for where, bg in backgrounds.items() if contrast(value, bg) < 4.5]
+    assert not poor, poor
+    assert contrast("#ffffff", colours["--book-accent"]) >= 4.5, "the current page in the map: white on the accent"
+    assert contrast("#212121", "#ffffff") > 15 and round(contrast("#b0b0b0", "#ffffff"), 1) == 2.2   # the check itself

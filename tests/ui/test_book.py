@@ -27,6 +27,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import axe  # noqa: E402
+
 try:
     from playwright.sync_api import Page, expect
 except ImportError:  # the browser_tools fixture skips, or fails under CI, and says why
@@ -201,3 +204,99 @@ def test_offline_contract_scenario_in_the_address_is_applied(site, page: Page) -
         "Gradients flow through classifier -> head_conv -> stage5 -> stage4 -> stage3 -> stage2 and stop at stage1")
     expect(view.locator('.fv-block[data-block="stem"]')).to_have_attribute("data-state", "f")
     expect(view.locator('.fv-block[data-block="stage2"]')).to_have_attribute("data-state", "t")
+
+
+# ------------------------------------------------------------------ accessibility (WCAG 2.1 AA)
+
+@pytest.mark.parametrize("width", [1400, 700])
+def test_every_page_passes_axe_wcag_aa(site, page: Page, width: int) -> None:
+    """axe-core's WCAG 2.0/2.1 A and AA rules find nothing on any page (wide and narrow layouts),
+    nor on the simulator after a toggle and a preset (frozen, trainable and the backward path drawn)."""
+    base, _, _ = site
+    page.set_viewport_size({"width": width, "height": 1000})
+    failures = {}
+    for name in ["index.html", *_pages()]:
+        page.goto(f"{base}/{name}")
+        page.wait_for_load_state("load")
+        expect(page.locator("html")).to_have_attribute("data-book-scrollables", re.compile(r"\d+"))
+        violations = axe.audit(page)
+        if violations:
+            failures[name] = axe.summary(violations)
+    view = _open_simulator(page, base)
+    view.locator('.fv-block[data-block="stage4"]').click()
+    view.locator(".fv-preset-last").click()
+    violations = axe.audit(page, ".fv")
+    if violations:
+        failures["simulator.html after a toggle and a preset"] = axe.summary(violations)
+    assert not failures, "\n".join(f"{name}:\n{text}" for name, text in failures.items())
+
+
+def test_scrollable_code_and_outputs_take_focus(site, page: Page) -> None:
+    """What scrolls sideways can be reached and scrolled from the keyboard; what fits is no Tab stop."""
+    base, _, _ = site
+    page.set_viewport_size({"width": 700, "height": 1000})
+    page.goto(f"{base}/04_training_a_new_head.html")
+    page.wait_for_load_state("load")
+    marked = page.locator("[data-book-scrolls]")
+    assert marked.count() >= 1, "at 700 px some code or output scrolls sideways"
+    first = marked.first
+    expect(first).to_have_attribute("tabindex", "0")
+    expect(first).to_have_attribute("role", "region")
+    expect(first).to_have_attribute("aria-label", re.compile(r"(Code cell|Cell output|Simulator) \(scrolls"))
+    first.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert first.evaluate("(e) => e.scrollLeft") > 0, "the arrow keys scroll the focused region"
+    narrow = marked.count()
+    page.set_viewport_size({"width": 2400, "height": 1000})
+    expect(marked).not_to_have_count(narrow)       # wider: fewer regions scroll, and they leave the Tab order
+    assert page.locator('.jp-InputArea-editor > .cm-editor[tabindex="0"]:not([data-book-scrolls])').count() == 0
+
+
+def test_keyboard_alone_toggles_a_block_presses_a_preset_and_hears_the_result(site, page: Page) -> None:
+    """Tab to a block, Space toggles it, Enter on a preset applies it; each time the polite live
+    region says the new backward path and costs, and the focused control shows a focus ring."""
+    base, _, _ = site
+    view = _open_simulator(page, base)
+    announcer = view.locator(".fv-announce")
+    expect(announcer).to_have_attribute("aria-live", "polite")
+    for _ in range(80):                           # from the top of the page, Tab only
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.dataset.block === 'stage5'"):
+            break
+    else:
+        pytest.fail("Tab never reached the stage5 block")
+    ring = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
+    assert ring not in ("none", ""), "the focused block shows a focus ring"
+    page.keyboard.press("Space")
+    expect(announcer).to_have_text(re.compile(
+        r"^stage5 is now trainable\. Gradients flow through classifier -> head_conv -> stage5 and stop at stage4\. "
+        r"Trainable parameters [\d.<%]+, backward compute [\d.<%]+, training memory [\d.<%]+ of training everything\.$"))
+    page.keyboard.press("Shift+Tab")
+    for _ in range(12):                           # back to the presets row
+        if page.evaluate("() => document.activeElement.dataset.preset === 'probe'"):
+            break
+        page.keyboard.press("Shift+Tab")
+    else:
+        pytest.fail("Shift+Tab never reached the linear-probe preset")
+    page.keyboard.press("Enter")
+    expect(announcer).to_have_text(re.compile(r"^Preset Linear probe applied\. Gradients flow through classifier "
+                                              r"and stop at head_conv\."))
+    expect(view.locator('.fv-block[data-block="stage5"]')).to_have_attribute("data-state", "f")
+
+
+def test_headings_go_down_one_level_at_a_time(site, page: Page) -> None:
+    """Each page has one h1 and never skips a level on the way down (h2 -> h4), so a screen
+    reader's list of headings is the page's outline."""
+    base, _, _ = site
+    problems = []
+    for name in ["index.html", *_pages()]:
+        page.goto(f"{base}/{name}")
+        levels = page.locator("h1, h2, h3, h4, h5, h6").evaluate_all(
+            "(hs) => hs.filter((h) => h.offsetParent !== null || h.closest('details')).map((h) => Number(h.tagName[1]))")
+        if levels.count(1) != 1 or levels[0] != 1:
+            problems.append(f"{name}: {levels.count(1)} h1 (first heading h{levels[0] if levels else '-'})")
+        skips = [(a, b) for a, b in zip(levels, levels[1:]) if b > a + 1]
+        if skips:
+            problems.append(f"{name}: skips {skips[:3]}")
+    assert not problems, "\n".join(problems)

@@ -20,11 +20,15 @@ import hashlib
 import json
 import re
 import statistics
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import axe  # noqa: E402
 
 try:
     from playwright.sync_api import Locator, Page, expect
@@ -271,13 +275,17 @@ def test_simulator_notebook_in_jupyterlab(lab_url: str, page: Page, artifacts: P
     view = _open_lab(page, lab_url, relative)
     _toggle_and_step(page, view, artifacts, "lab-simulator")
 
-    # A preset: the linear probe trains the head alone.
-    view.locator(".fv-preset-probe").click()
+    # A preset, from the keyboard: the linear probe trains the head alone, and the live region says so.
+    view.locator(".fv-preset-probe").focus()
+    page.keyboard.press("Enter")
     states = view.locator(".fv-block").evaluate_all("(bs) => bs.map((b) => b.dataset.state)")
     assert states[:-1] == ["f"] * (len(states) - 1) and states[-1] == "t"
     expect(view.locator(".fv-flow")).to_have_text("Gradients flow through classifier and stop at head_conv")
+    expect(view.locator(".fv-announce")).to_have_text(re.compile(
+        r"^Preset Linear probe applied\. Gradients flow through classifier and stop at head_conv\. Trainable parameters"))
     _shot(view, artifacts / "simulator-feature-preset.png")
     _wait_idle(view)
+    _no_axe_violations(page, "JupyterLab light, linear-probe preset")
 
     # Ten steps: a loss curve, and frozen blocks stay flat.
     view.locator(".fv-preset-lastk").click()
@@ -311,7 +319,15 @@ def test_simulator_notebook_in_jupyterlab(lab_url: str, page: Page, artifacts: P
     assert re.fullmatch(r"\d+\.\d{3}", a) and re.fullmatch(r"\d+\.\d{3}", b)
     expect(view.locator(".fv-ab polyline")).to_have_count(2)
     _shot(view, artifacts / "simulator-feature-ab.png")
+    _no_axe_violations(page, "JupyterLab light, after ten steps, the ranking and A/B")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"the test changed {relative}"
+
+
+def _no_axe_violations(page: Page, where: str) -> None:
+    """axe-core's WCAG 2.0/2.1 A and AA rules find nothing in the simulator (JupyterLab's own
+    interface around it is JupyterLab's to answer for)."""
+    violations = axe.audit(page, ".fv")
+    assert not violations, f"{where}:\n{axe.summary(violations)}"
 
 
 #: WCAG contrast of every visible text element of the widget against the background it sits on
@@ -372,6 +388,11 @@ def test_dark_theme_text_is_readable_and_a_dead_kernel_does_not_lock_the_buttons
     poor = [r for r in readable if r["ratio"] < 4.5]
     assert not poor, f"text below 4.5:1 contrast in the dark theme: {poor[:8]}"
     _shot(view, artifacts / "simulator-dark-theme.png")
+    _no_axe_violations(page, "JupyterLab dark, after a step")
+    view.locator('.fv-block[data-block="stage5"]').click()          # frozen, trainable and the backward path
+    view.locator(".fv-preset-lastk").click()
+    _wait_idle(view)
+    _no_axe_violations(page, "JupyterLab dark, after a toggle and a preset")
 
     # The kernel goes away while a click waits for it: the widget gives up, says so, re-enables.
     view.evaluate("(root) => { root.dataset.pendingTimeoutMs = '3000'; }")

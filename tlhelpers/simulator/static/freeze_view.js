@@ -733,6 +733,10 @@ function costPanel(ctx) {
   const { h, get } = ctx;
   const flowLine = h("p", { class: "fv-flow" });
   const node = h("div", { class: "fv-costs" });
+  // What a screen reader says after a toggle, a preset or a switch: the new backward path and
+  // costs, politely (after what it is reading). Visually hidden: the panel shows the same.
+  const announcer = h("div", { class: "fv-announce", role: "status", "aria-live": "polite", "aria-atomic": "true" });
+  let summary = "";
 
   function costRow(label, value, reference, unit, detail, cls) {
     const share = reference ? Math.min(1, value / reference) : 0;
@@ -766,13 +770,21 @@ function costPanel(ctx) {
         `activations ${human(mem.activations, "B")} + gradients ${human(mem.gradients, "B")} + optimizer ${human(mem.optimizer, "B")}`,
         "fv-cost-memory"));
     ctx.bars.settle();
+    summary = `${capitalise(sentence)}. Trainable parameters ${shareText(mem.trainable, total)}, ` +
+      `backward compute ${shareText(now.backwardFlops, everything.backwardFlops)}, ` +
+      `training memory ${shareText(mem.total, memAll.total)} of training everything.`;
     node.dataset.backwardFlops = String(now.backwardFlops);
     node.dataset.saved = String(now.saved);
     node.dataset.trainable = String(mem.trainable);
     node.dataset.memory = String(mem.total);
   }
 
-  return { flowLine, node, draw };
+  /** Say ``what`` changed, then the path and costs just drawn. */
+  function announce(what) {
+    announcer.textContent = `${what} ${summary}`;
+  }
+
+  return { flowLine, node, announcer, draw, announce };
 }
 
 /** The kernel's buttons (step, ten steps, reset, ranking), the optimizer and the seed; in
@@ -1122,13 +1134,14 @@ function interactions(ctx, panels) {
     if (!ctx.offline) model.save_changes();   // offline: no kernel to tell, nothing to wait for
   }
 
-  /** A change of configuration made here: draw it, time it, tell the kernel. */
-  function configure(kind, change) {
+  /** A change of configuration made here: draw it, announce it, time it, tell the kernel. */
+  function configure(kind, change, said) {
     if (view.pending) return;
     const started = performance.now();
     change();
     if (view.notice) { view.notice = ""; status.show(); }
     drawConfiguration();
+    cost.announce(said());
     report.drawStates();
     markDrawn(kind, started);
     commitConfiguration();
@@ -1138,19 +1151,21 @@ function interactions(ctx, panels) {
     configure("toggle", () => {
       const isFrozen = view.frozen.includes(name);
       view.frozen = isFrozen ? view.frozen.filter((b) => b !== name) : [...view.frozen, name];
-    });
+    }, () => `${name} is now ${stateWord(ctx.states()[name])}.`);
   }
 
   function applyPreset(kind, k) {
+    const label = (PRESETS.find(([name]) => name === kind) || [kind, kind])[1];
     configure("preset", () => {
       const chosen = preset(kind, ctx.order(), ctx.headName(), k());
       view.frozen = chosen.frozen;
       Object.assign(view.switches, chosen.switches);
-    });
+    }, () => `Preset ${label} applied.`);
   }
 
   function setSwitch(key, value) {
-    configure("switch", () => { view.switches[key] = value; });
+    const label = ((vocabulary.switches || []).find((w) => w.key === key) || {}).label || key;
+    configure("switch", () => { view.switches[key] = value; }, () => `${label}: ${value ? "on" : "off"}.`);
   }
 
   function markDrawn(kind, started) {
@@ -1241,7 +1256,7 @@ function render({ model, el }) {
   Object.assign(ctx, interactions(ctx, panels));
   const { status, presets, diagram, cost, controls, switches, report, ab, share } = panels;
   ctx.root.append(status.top, presets.node, diagram.node, cost.flowLine, cost.node, ...controls.nodes, switches.node,
-    ...report.nodes, ab.node, share.node, status.error);
+    ...report.nodes, ab.node, share.node, status.error, cost.announcer);
   if (ctx.offline) applyLinkScenario(ctx, status);
   listenToModel(ctx, panels);
   ctx.drawAll();
