@@ -9,7 +9,8 @@ Default notebooks: every notebooks/NN_*.ipynb, then notebooks/simulator.ipynb. E
 to bottom in a fresh kernel with its working directory set to notebooks/, exactly as JupyterLab
 and nbval run it, with its exercise solutions (notebooks/solutions/) in place after their
 exercises (scripts/answer_keys.py); a write stores the outputs back into both files and the
-run time into the notebook's metadata: ``course.run_seconds`` for the whole notebook (read by
+run time into the notebook's metadata (each figure's output gets alternative text, see
+``ALT_TEXT``): ``course.run_seconds`` for the whole notebook (read by
 make book) and ``course.main_story_seconds`` for the cells a learner runs before the first
 "## Going further: ..." or "## Appendix" heading, solutions excluded. ``--set
 NAME=VALUE`` (VALUE is a Python literal) adds a cell right after the tagged ``parameters`` cell
@@ -40,6 +41,10 @@ import answer_keys  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+#: Run in each kernel before the first cell: every figure the notebook displays carries a
+#: description in words as its ``alt`` metadata (tlhelpers.figure_text), which make book writes
+#: into the page's <img alt>. Binds no name in the notebook.
+ALT_TEXT = "--IPKernelApp.exec_lines=__import__('tlhelpers.figure_text', fromlist=['install']).install()"
 
 
 def default_notebooks() -> list[Path]:
@@ -120,7 +125,7 @@ def run(path: Path, overrides: dict[str, object] | None = None, write: bool = Tr
     inject_parameters(notebook, overrides or {})
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
-                            store_widget_state=True, record_timing=True)
+                            store_widget_state=True, record_timing=True, extra_arguments=[ALT_TEXT])
     began = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - began

@@ -17,7 +17,7 @@ PACKAGE = Path(tlhelpers.__file__).parent
 #: one layer never import each other. Subpackages count as one module.
 LAYERS: list[set[str]] = [
     {"checks", "serving"},
-    {"files", "runtime", "compare"},
+    {"files", "runtime", "compare", "figure_text"},
     {"data"},
     {"assets"},
     {"models"},

@@ -5,7 +5,8 @@ Modules, bottom to top; each imports only modules of lower layers (tests/test_la
 0. ``checks`` (one integer check, one message) and ``serving`` (preprocess and predict with an
    exported bundle, by torch or onnxruntime alone; copied into every bundle): nothing else here.
 1. ``files`` (file integrity, atomic writes, asset errors), ``runtime`` (seeds, random state,
-   device, train/eval mode), ``compare`` (verdicts over seeds): only ``checks`` below them.
+   device, train/eval mode), ``compare`` (paired verdicts over seeds), ``figure_text``
+   (alternative text for figures, from their titles, axes and legends): only ``checks`` below them.
 2. ``data``: datasets by name, few-shot subsets, sample photos.
 3. ``assets``: torchvision's weights offline; ``fetch`` provisions weights and data.
 4. ``models``: load, find and replace heads, layer groups.
