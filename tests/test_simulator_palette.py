@@ -58,3 +58,37 @@ def test_the_stylesheet_falls_back_to_the_same_colours():
     pattern = r"--fv-(\w+):\s*(?:var\(--jp-[\w-]+,\s*)?(#[0-9a-fA-F]{6})"
     declared = {k: v.lower() for k, v in re.findall(pattern, CSS.read_text()) if k in PALETTE}
     assert declared == PALETTE
+
+
+def _contrast(a: np.ndarray, b: np.ndarray) -> float:
+    """WCAG 2.1 contrast of two colours given in linear RGB."""
+    la, lb = (float(np.dot([0.2126, 0.7152, 0.0722], c)) for c in (a, b))
+    return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
+
+
+def _rgba(css: str, selector_part: str) -> tuple[np.ndarray, float]:
+    r, g, b, alpha = re.search(selector_part + r"[^}]*rgba\((\d+),\s*(\d+),\s*(\d+),\s*([\d.]+)\)", css).groups()
+    return linear("#{:02x}{:02x}{:02x}".format(int(r), int(g), int(b))), float(alpha)
+
+
+def test_block_labels_are_readable_on_every_block_state():
+    """A block's name and state are drawn on its fill: white on a frozen block (its hatch stripes
+    included, blended in as the browser does) and black on a trainable one, each at 4.5:1 or more."""
+    css = CSS.read_text()
+    white, black = linear("#ffffff"), linear("#000000")
+    assert re.search(r"\.fv-state-t \.fv-block-name, \.fv-state-t \.fv-block-state \{ fill: #000000; \}", css)
+    assert re.search(r"\.fv-block-name \{ fill: white;", css) and re.search(r"\.fv-block-state \{ fill: white;", css)
+    frozen = linear(PALETTE["frozen"])
+    hatch, alpha = _rgba(css, r"\.fv-hatch-line")
+    stripe = _srgb_blend(PALETTE["frozen"], hatch, alpha)
+    assert _contrast(white, frozen) >= 4.5 and _contrast(white, stripe) >= 4.5
+    assert _contrast(black, linear(PALETTE["trainable"])) >= 4.5
+    assert _contrast(white, linear(PALETTE["trainable"])) < 4.5      # why trainable blocks take black text
+
+
+def _srgb_blend(base_hex: str, over_linear: np.ndarray, alpha: float) -> np.ndarray:
+    """``over`` at ``alpha`` on ``base``, blended in sRGB (as browsers do), returned in linear RGB."""
+    base = np.array([int(base_hex[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    over = np.where(over_linear <= 0.0031308, over_linear * 12.92, 1.055 * over_linear ** (1 / 2.4) - 0.055)
+    mixed = base * (1 - alpha) + over * alpha
+    return linear("#" + "".join(f"{round(c * 255):02x}" for c in mixed))

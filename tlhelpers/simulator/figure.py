@@ -97,13 +97,14 @@ def draw_diagram(ax, names: Sequence[str], states: dict[str, str], flow: Sequenc
                                     edgecolor=edge, linewidth=2.2 if item in on_path else 1.5))
         if state != "t":  # hatched, as in the widget: frozen is not told by colour alone
             ax.add_patch(FancyBboxPatch((xs[i], top), widths[i], height, boxstyle=ROUNDED, facecolor="none",
-                                        edgecolor="none", hatch="//", hatchcolor=(1, 1, 1, 0.3), linewidth=0))
+                                        edgecolor="none", hatch="//", hatchcolor=(0, 0, 0, 0.28), linewidth=0))
         if state == "a":
             ax.add_patch(Rectangle((xs[i], top + height - 9), widths[i], 9, facecolor=TRAINABLE,
                                    edgecolor="none"))
-        ax.text(cx, top + 17, item, ha="center", va="center", fontsize=9, fontweight="bold", color="white")
+        label = "black" if state == "t" else "white"   # 4.5:1 or more on each fill, as in the widget
+        ax.text(cx, top + 17, item, ha="center", va="center", fontsize=9, fontweight="bold", color=label)
         word = ("❄ " if state != "t" else "") + STATE_WORDS[state].replace("frozen, ", "")
-        ax.text(cx, top + 32, word, ha="center", va="center", fontsize=7.5, color="white")
+        ax.text(cx, top + 32, word, ha="center", va="center", fontsize=7.5, color=label)
         note = None
         if item in passing:
             note = ("pass-through", GRADIENT, "bold", "normal")
