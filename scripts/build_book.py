@@ -43,6 +43,8 @@ import nbformat
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import answer_keys  # noqa: E402
 
+from tlhelpers.files import atomic_folder  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 TEMPLATES = Path(__file__).resolve().parent / "book_templates"
@@ -390,7 +392,7 @@ notebook; solutions are folded under each exercise. To run them yourself, offlin
 
 def _copy_static(out: Path, html_exporter) -> None:
     static = out / "static"
-    static.mkdir(parents=True)
+    static.mkdir()
     for name in ("freeze_view.js", "freeze_view.css"):
         shutil.copyfile(WIDGET_STATIC / name, static / name)
     for path in sorted(BOOK_STATIC.iterdir()):
@@ -408,29 +410,32 @@ def _copy_static(out: Path, html_exporter) -> None:
         shutil.copytree(figures, out / "figures")
 
 
-def _clear(out: Path) -> None:
-    if out.exists():
-        if any(out.iterdir()) and not (out / MARKER).exists():
-            raise FileExistsError(f"{out} holds files this script did not write; choose an empty or new folder")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / MARKER).write_text("written by scripts/build_book.py; the whole folder is rebuilt each time\n")
+def _check_replaceable(out: Path) -> None:
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise FileExistsError(f"{out} holds files this script did not write; choose an empty or new folder")
 
 
 def build(out: Path = DEFAULT_OUT, notebooks: list[Path] | None = None) -> Path:
-    """Build the site into ``out`` (emptied first if an earlier build made it); return index.html."""
+    """Build the site beside ``out`` and swap it into place; return ``out``'s index.html.
+
+    The new site is written into a staging folder next to ``out``
+    (:func:`tlhelpers.files.atomic_folder`); only when every page is written does it replace an
+    earlier build, so a failed build leaves the old site whole. ``out`` must be new, empty or a
+    site this script built (it holds the marker file).
+    """
     out = Path(out)
+    _check_replaceable(out)
     pages = [describe(path, read_notebook(path)) for path in (notebooks or course_notebooks())]
     for page in pages:
         prepare_widgets(page)
-    _clear(out)
     html_exporter = exporter()
-    _copy_static(out, html_exporter)
-    for index, page in enumerate(pages):
-        (out / page.href).write_text(render_page(pages, index, html_exporter), encoding="utf-8")
-    index_html = out / "index.html"
-    index_html.write_text(landing(pages), encoding="utf-8")
-    return index_html
+    with atomic_folder(out) as staging:
+        (staging / MARKER).write_text("written by scripts/build_book.py; the whole folder is rebuilt each time\n")
+        _copy_static(staging, html_exporter)
+        for index, page in enumerate(pages):
+            (staging / page.href).write_text(render_page(pages, index, html_exporter), encoding="utf-8")
+        (staging / "index.html").write_text(landing(pages), encoding="utf-8")
+    return out / "index.html"
 
 
 def main(argv: list[str]) -> int:

@@ -275,3 +275,22 @@ def test_code_prompt_and_link_colours_pass_aa_on_every_background() -> None:
     assert not poor, poor
     assert contrast("#ffffff", colours["--book-accent"]) >= 4.5, "the current page in the map: white on the accent"
     assert contrast("#212121", "#ffffff") > 15 and round(contrast("#b0b0b0", "#ffffff"), 1) == 2.2   # the check itself
+
+
+def test_a_failed_build_leaves_the_old_site_whole(tmp_path, monkeypatch) -> None:
+    simulator = [ROOT / "notebooks" / "simulator.ipynb"]
+    out = tmp_path / "site"
+    book.build(out, notebooks=simulator)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    monkeypatch.setattr(book, "landing", lambda pages: (_ for _ in ()).throw(RuntimeError("template broke")))
+    with pytest.raises(RuntimeError, match="template broke"):
+        book.build(out, notebooks=simulator)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]     # no half-built folder beside it
+
+
+def test_a_folder_the_builder_did_not_write_is_never_replaced(tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="did not write"):
+        book.build(tmp_path, notebooks=[ROOT / "notebooks" / "simulator.ipynb"])
+    assert (tmp_path / "notes.txt").read_text() == "mine"

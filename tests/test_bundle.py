@@ -153,3 +153,97 @@ def test_an_existing_folder_is_not_replaced_by_accident(exported):
         bundle.export(model, folder, classes=[str(d) for d in range(10)], transform=TRANSFORM,
                       backbone="mobilenet_v2", weights=str(WEIGHTS))
     assert (folder / "bundle.json").read_text() == before
+
+
+def _copy_bundle(folder, tmp_path):
+    import shutil
+
+    copied = tmp_path / "copied"
+    shutil.copytree(folder, copied)
+    return copied
+
+
+@pytest.mark.parametrize("damage", ["appended", "missing"])
+def test_a_tampered_or_incomplete_bundle_is_refused_with_one_line(exported, photo_files, tmp_path, capsys, damage):
+    """The library, tlhelpers-predict and the bundle's own predict.py (torch or onnxruntime alone)
+    all refuse it, naming the file, before loading anything."""
+    from tlhelpers import predict
+
+    folder = _copy_bundle(exported[1], tmp_path)
+    onnx_file = folder / "model.onnx"
+    if damage == "appended":
+        onnx_file.write_bytes(onnx_file.read_bytes() + b"garbage")
+        expected = "model.onnx does not match the sha256 in bundle.json"
+    else:
+        onnx_file.unlink()
+        expected = "is incomplete: model.onnx is missing"
+    with pytest.raises(serving.BundleError, match=expected.replace(".", r"\.")):
+        serving.Predictor(folder, "onnx")
+    with pytest.raises(serving.BundleError, match="model.onnx"):
+        serving.Predictor(folder, "pt2")           # every file is checked, whichever runtime serves
+    assert predict.main([str(folder), str(photo_files[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+    for runtime, blocked in (("onnx", ["tlhelpers", "torch", "torchvision"]),
+                             ("pt2", ["tlhelpers", "torchvision", "onnxruntime"])):
+        done = _serve(folder, runtime, photo_files[:1], blocked)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("order", [
+    ["--top-k", "2", "BUNDLE", "IMAGE"],
+    ["BUNDLE", "--top-k", "2", "IMAGE"],
+    ["BUNDLE", "IMAGE", "--top-k", "2"],
+    ["--json", "BUNDLE", "--top-k", "2", "IMAGE", "--runtime", "onnx"],
+])
+def test_tlhelpers_predict_takes_its_options_anywhere(exported, photo_files, capsys, order):
+    from tlhelpers import predict
+
+    argv = [str(exported[1]) if a == "BUNDLE" else str(photo_files[0]) if a == "IMAGE" else a for a in order]
+    assert predict.main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out.strip()
+    if "--json" in order:
+        assert len(json.loads(out)["top"]) == 2
+    else:
+        assert out.startswith(f"{photo_files[0]}: ") and out.count(",") == 1      # two classes
+
+
+def test_images_are_predicted_in_batches_in_order(exported, photo_files, tmp_path):
+    predictor = serving.Predictor(exported[1], "onnx")
+    sizes = []
+    real = predictor.__call__
+
+    class Counting:
+        manifest, classes = predictor.manifest, predictor.classes
+
+        def __call__(self, batch):
+            sizes.append(len(batch))
+            return real(batch)
+
+    broken = tmp_path / "broken.png"
+    broken.write_text("no")
+    paths = [str(p) for p in photo_files] * 3 + [str(broken)]
+    results, errors = serving.predict_files(Counting(), paths, k=1, batch_size=4)
+    assert max(sizes) <= 4 and sum(sizes) == len(paths) - 1
+    assert [r["image"] for r in results] == paths[:-1] and len(errors) == 1
+    whole, _ = serving.predict_files(predictor, paths[:-1], k=1)
+    assert [r["top"] for r in results] == [r["top"] for r in whole]
+
+
+def test_export_leaves_the_callers_model_alone_and_a_failed_reexport_keeps_the_old_bundle(
+        exported, test_images, tmp_path, monkeypatch):
+    model, folder, _ = exported
+    folder = _copy_bundle(folder, tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    model.train()
+    try:
+        monkeypatch.setattr(bundle, "_write_programs", lambda *args: (_ for _ in ()).throw(RuntimeError("boom")))
+        with pytest.raises(RuntimeError, match="boom"):
+            bundle.export(model, folder, classes=test_images.classes, transform=TRANSFORM, backbone="mobilenet_v2",
+                          weights=str(WEIGHTS), overwrite=True)
+        assert model.training, "export works on a copy: the caller's model keeps its mode"
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["copied"]       # no staging folder left
+    finally:
+        model.eval()

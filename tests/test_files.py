@@ -83,3 +83,48 @@ def test_first_source_stops_at_a_refused_file():
     with pytest.raises(files.HashMismatchError):
         files.first_source([("cache", refused), ("download", lambda: "never tried")],
                            tried=[], give_up=lambda t: AssertionError(t), stop_on=(files.HashMismatchError,))
+
+
+def test_atomic_folder_swaps_in_a_complete_folder_and_keeps_nothing_else(tmp_path):
+    target = tmp_path / "site"
+    with files.atomic_folder(target) as staging:
+        (staging / "index.html").write_text("one")
+        (staging / "static").mkdir()
+        (staging / "static" / "a.css").write_text("css")
+    assert (target / "index.html").read_text() == "one" and (target / "static" / "a.css").exists()
+    with files.atomic_folder(target) as staging:
+        (staging / "index.html").write_text("two")
+    assert sorted(p.name for p in target.iterdir()) == ["index.html"] and (target / "index.html").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]          # no staging or old folder left
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~files.current_umask()
+
+
+def test_a_failed_atomic_folder_leaves_the_old_folder_whole(tmp_path):
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "model.onnx").write_text("old model")
+    with pytest.raises(RuntimeError, match="export failed"):
+        with files.atomic_folder(target) as staging:
+            (staging / "model.onnx").write_text("half a new")
+            raise RuntimeError("export failed")
+    assert (target / "model.onnx").read_text() == "old model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_when_the_swap_itself_fails_the_old_folder_is_moved_back(tmp_path, monkeypatch):
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    real_rename = type(target).rename
+
+    def rename(self, destination):
+        if self.name.endswith(".partial"):
+            raise OSError("disk full")
+        return real_rename(self, destination)
+
+    monkeypatch.setattr(type(target), "rename", rename)
+    with pytest.raises(OSError, match="disk full"):
+        with files.atomic_folder(target) as staging:
+            (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

@@ -12,16 +12,18 @@ A bundle is a folder that torch alone, or onnxruntime alone, can serve::
     predict.py           tlhelpers/serving.py itself: `python predict.py IMAGE...`
 
 The folder is written under a temporary name next to its destination and renamed into place
-only when every file is written and checked, so a failed export leaves nothing behind.
+only when every file is written and checked (:func:`tlhelpers.files.atomic_folder`), so a failed
+export leaves nothing behind, and a re-export over an existing bundle keeps the old one whole
+until the new one takes its place. The caller's model is not touched: a copy is exported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +35,7 @@ from torch.utils.data import Dataset
 
 import tlhelpers
 from tlhelpers import serving
-from tlhelpers.files import current_umask, sha256_of
+from tlhelpers.files import atomic_folder, sha256_of
 
 FORMAT = "tlhelpers-bundle"
 VERSION = 1
@@ -90,23 +92,22 @@ def served_accuracy(folder: Path, images: Dataset, runtime: str = "pt2", batch_s
 
 def export(model: nn.Module, folder: str | Path, *, classes: Sequence[str], transform, backbone: str,
            weights: str, test_images: Dataset | None = None, overwrite: bool = False) -> dict:
-    """Write ``model`` (in eval mode) as a bundle in ``folder``; return its manifest.
+    """Write a copy of ``model`` (in eval mode, on the CPU) as a bundle in ``folder``; return its manifest.
 
     ``transform`` is the weights' preset (``weights.transforms(...)``) the model was trained
     with; ``test_images`` ((PIL image, label) pairs of the held-out test split), when given,
     are scored through the exported program with the bundle's own preprocessing and recorded.
-    An existing ``folder`` is refused unless ``overwrite``.
+    An existing ``folder`` is refused unless ``overwrite``; then it stays whole until the new
+    bundle is complete. ``model`` itself keeps its mode and device.
     """
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} already exists; choose another folder or pass overwrite=True")
     classes = [str(name) for name in classes]
     spec = preprocessing_of(transform)
-    model = model.eval().cpu()
+    model = copy.deepcopy(model).eval().cpu()
     example = torch.zeros(2, 3, spec["crop_size"], spec["crop_size"])
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial"))
-    try:
+    with atomic_folder(folder) as staging:
         from safetensors.torch import save_file
 
         _write_programs(model, example, staging)
@@ -125,14 +126,4 @@ def export(model: nn.Module, folder: str | Path, *, classes: Sequence[str], tran
                                 "accuracy_pt2": served_accuracy(staging, test_images, "pt2"),
                                 "accuracy_onnx": served_accuracy(staging, test_images, "onnx")}
             (staging / serving.BUNDLE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        mask = current_umask()   # mkdtemp's folder is private: give it the modes mkdir would
-        for path in staging.iterdir():
-            path.chmod(0o666 & ~mask)
-        staging.chmod(0o777 & ~mask)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return manifest

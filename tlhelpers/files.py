@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import socket
 import stat
 import tempfile
@@ -149,3 +150,43 @@ def _fsync(path: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty staging folder next to ``path``; on success it takes ``path``'s place.
+
+    The folder version of :func:`atomic_write`: build every file inside the ``with`` block. If
+    the block raises, the staging folder is removed and ``path`` is left exactly as it was. On
+    success an existing ``path`` is first moved aside (renamed), the staging folder is renamed
+    into place, and only then is the old folder deleted, so at no moment is there half a folder
+    at ``path``; if the second rename fails, the old folder is moved back. The new folder gets
+    the modes ``mkdir`` would give (0777 less the umask; files 0666 less the umask).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    aside = None
+    try:
+        yield staging
+        mask = current_umask()   # mkdtemp's folder is private: give it the modes mkdir would
+        for item in staging.rglob("*"):
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+        staging.chmod(0o777 & ~mask)
+        if path.exists():
+            aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            aside.rmdir()
+            path.rename(aside)
+        try:
+            staging.rename(path)
+        except OSError:
+            if aside is not None:
+                aside.rename(path)
+                aside = None
+            raise
+        _fsync(path.parent)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+        if aside is not None and aside.exists():
+            shutil.rmtree(aside)

@@ -10,8 +10,10 @@ one of torch / onnxruntime::
     python predict.py --runtime onnx photo.jpg       # ONNX (needs onnxruntime, not torch)
 
 and with the course installed, ``python -m tlhelpers.predict BUNDLE IMAGE...`` (or
-``tlhelpers-predict``). An unreadable image gets one line on stderr; the others are still
-predicted (exit status 1 when any image failed, 2 for a bad bundle).
+``tlhelpers-predict``; options go anywhere). An unreadable image gets one line on stderr; the
+others are still predicted, in batches of ``BATCH`` (exit status 1 when any image failed, 2 for a
+bad bundle). Every file of the bundle is checked against the sha256 ``bundle.json`` records
+before anything is loaded: a changed, damaged or missing file is refused with one line naming it.
 
 The preprocessing is torchvision's ``ImageClassification`` preset, written with Pillow and
 NumPy: any image mode to 8-bit RGB (:func:`to_rgb`), resize of the shorter side, center crop,
@@ -22,6 +24,7 @@ scale to [0, 1], normalise. On PIL images it gives exactly the tensors the prese
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -31,6 +34,8 @@ from PIL import Image
 
 BUNDLE_FILE = "bundle.json"
 RUNTIMES = ("pt2", "onnx")
+#: Images preprocessed and predicted together: a folder of 10,000 photos never sits in memory at once.
+BATCH = 64
 
 #: Integer and float grayscale modes: Pillow's convert("RGB") clips them to 0..255, so a 16-bit
 #: scan (0..65535) comes out almost white. They are rescaled to 8 bits first.
@@ -104,6 +109,28 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(folder: str | Path, manifest: dict) -> None:
+    """Every file ``bundle.json`` lists is there and has the sha256 it records; :class:`BundleError`
+    naming the first file that is missing or differs (a partial copy, a damaged download, an edit)."""
+    folder = Path(folder)
+    for entry in manifest["files"].values():
+        path = folder / entry["name"]
+        if not path.is_file():
+            raise BundleError(f"{folder} is incomplete: {entry['name']} is missing. Copy the whole bundle folder "
+                              "or export it again.")
+        if _sha256(path) != entry["sha256"]:
+            raise BundleError(f"{path} does not match the sha256 in {BUNDLE_FILE}: it was changed or damaged "
+                              "after export. Copy it again from the original bundle or export it again.")
+
+
 class Predictor:
     """The bundle's model behind one call: ``logits = predictor(batch)`` on a (N, 3, H, W) float32 array."""
 
@@ -112,6 +139,7 @@ class Predictor:
             raise BundleError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.folder, self.runtime = Path(folder), runtime
         self.manifest = read_manifest(folder)
+        verify(folder, self.manifest)
         self.classes = list(self.manifest["classes"])
         path = self.folder / self.manifest["files"][f"model.{runtime}"]["name"]
         if runtime == "pt2":
@@ -142,45 +170,54 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def predict_files(predictor: Predictor, paths: list[str], k: int = 3) -> tuple[list[dict], list[str]]:
-    """Top-``k`` per readable image, and one error line per unreadable one (the rest still run)."""
-    inputs, readable, errors = [], [], []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                inputs.append(preprocess(image, predictor.manifest["preprocessing"]))
-            readable.append(path)
-        except (OSError, ValueError, SyntaxError) as error:   # missing, not an image, truncated
-            errors.append(f"{path}: cannot read this image ({type(error).__name__}: {error})")
-    results = []
-    if inputs:
+def predict_files(predictor: Predictor, paths: list[str], k: int = 3,
+                  batch_size: int = BATCH) -> tuple[list[dict], list[str]]:
+    """Top-``k`` per readable image, and one error line per unreadable one (the rest still run).
+
+    Images are read, preprocessed and predicted ``batch_size`` at a time, so memory holds one
+    batch whatever the number of files; results keep the order of ``paths``.
+    """
+    results, errors = [], []
+    for start in range(0, len(paths), batch_size):
+        inputs, readable = [], []
+        for path in paths[start:start + batch_size]:
+            try:
+                with Image.open(path) as image:
+                    inputs.append(preprocess(image, predictor.manifest["preprocessing"]))
+                readable.append(path)
+            except (OSError, ValueError, SyntaxError) as error:   # missing, not an image, truncated
+                errors.append(f"{path}: cannot read this image ({type(error).__name__}: {error})")
+        if not inputs:
+            continue
         logits = predictor(np.stack(inputs))
-        probabilities = softmax(logits)
-        for path, row, probs in zip(readable, logits, probabilities):
+        for path, row, probs in zip(readable, logits, softmax(logits)):
             top = np.argsort(-probs, kind="stable")[:min(k, len(predictor.classes))]
             results.append({"image": path, "top": [[predictor.classes[i], float(probs[i])] for i in top],
                             "logits": [float(v) for v in row]})
     return results, errors
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predict", description="Top-k classes for image files, from an exported bundle.")
+def parser(bundle_positional: bool = False) -> argparse.ArgumentParser:
+    """The command line: ``BUNDLE IMAGE...`` (``tlhelpers-predict``) or ``IMAGE... [--bundle DIR]``
+    (a bundle's own ``predict.py``, whose bundle is the folder it sits in). Options go anywhere."""
+    prog = "tlhelpers-predict" if bundle_positional else "predict"
+    p = argparse.ArgumentParser(prog=prog, description="Top-k classes for image files, from an exported bundle.")
+    if bundle_positional:
+        p.add_argument("bundle", type=Path, help="the bundle folder (written by --export or bundle.export)")
+    else:
+        p.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent,
+                       help="the bundle folder (default: the folder this script is in)")
     p.add_argument("images", nargs="+", help="image files (any format and mode Pillow reads)")
-    p.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent,
-                   help="the bundle folder (default: the folder this script is in)")
     p.add_argument("--runtime", choices=RUNTIMES, default="pt2", help="pt2 needs torch; onnx needs onnxruntime")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON line per image, logits included")
     return p
 
 
-def main(argv: list[str] | None = None, bundle_first: bool = False) -> int:
-    """The command line. With ``bundle_first`` (``python -m tlhelpers.predict``) the first
-    argument is the bundle folder."""
+def main(argv: list[str] | None = None, bundle_positional: bool = False) -> int:
+    """The command line (see :func:`parser`); ``bundle_positional`` for ``tlhelpers-predict``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if bundle_first and argv and not argv[0].startswith("-"):
-        argv = ["--bundle", argv[0], *argv[1:]]
-    args = parser().parse_args(argv)
+    args = parser(bundle_positional).parse_intermixed_args(argv)
     if args.top_k < 1:
         print(f"error: --top-k must be a positive integer, got {args.top_k}", file=sys.stderr)
         return 2
