@@ -1,5 +1,5 @@
 # The course's front door. `make lab` opens it, `make test` proves it; both bootstrap a fresh
-# machine first (.venv from requirements.txt, tlhelpers installed editable, offline assets).
+# machine first (.venv from requirements.txt: tlhelpers editable with its extras, offline assets).
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
@@ -18,7 +18,6 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	@echo "Installing the course environment into $(VENV) (a few minutes the first time)..."
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
-	$(PY) -m pip install --disable-pip-version-check -q -e . --no-deps 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@touch $@
 
 setup: $(STAMP)  ## venv + package + offline weights and data
@@ -62,7 +61,7 @@ simulator: setup  ## the freeze-toggle simulator as a standalone page (Voila)
 book: setup  ## the course as a website in build/book (then: cd build/book && python -m http.server)
 	$(PY) scripts/build_book.py --out build/book
 
-lock: $(STAMP)  ## record the exact versions installed now in constraints.txt (after changing requirements.txt)
+lock: $(STAMP)  ## record the exact versions installed now in constraints.txt (after changing pyproject.toml)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	{ head -2 constraints.txt; $(PY) -m pip freeze --exclude-editable --disable-pip-version-check; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt

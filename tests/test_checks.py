@@ -4,6 +4,7 @@ everywhere, with one message."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +61,16 @@ def test_no_module_keeps_its_own_copy_of_the_integer_check():
         copies += [f"{path.name}: {m.group(0)}" for m in re.finditer(r"isinstance\(\w+, bool\) or not isinstance\(\w+, int\)", text)]
         copies += [f"{path.name}: operator.index" for _ in re.finditer(r"operator\.index", text) if path.name != "checks.py"]
     assert not copies, copies
+
+
+def test_an_optional_feature_names_the_extra_that_installs_it(monkeypatch):
+    from tlhelpers import checks
+
+    checks.require("export", "--export")                          # installed here: nothing raised
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    with pytest.raises(checks.MissingExtra, match=r"^bundle\.export needs onnx, safetensors, which are not "
+                                                  r"installed: pip install 'tlhelpers\[export\]'$"):
+        checks.require("export", "bundle.export")
+    with pytest.raises(ValueError, match="unknown extra 'gpu'"):
+        checks.require("gpu", "something")

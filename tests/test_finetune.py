@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -207,3 +208,12 @@ def test_the_optimizer_flag(capsys):
     with pytest.raises(SystemExit):
         finetune.parser().parse_args(["--optimizer", "rmsprop"])
     assert "invalid choice: 'rmsprop'" in capsys.readouterr().err
+
+
+def test_export_without_its_extra_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """--export needs onnx, onnxscript, onnxruntime and safetensors: without one, the job says which
+    extra installs them before loading any data or training a step."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)       # as if it were not installed
+    err = fails(BASE + ["--export", str(tmp_path / "bundle"), "--out", str(tmp_path / "report")], capsys)
+    assert "--export needs onnxruntime, which is not installed: pip install 'tlhelpers[export]'" in err
+    assert not (tmp_path / "report").exists() and not (tmp_path / "bundle").exists()

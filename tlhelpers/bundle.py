@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 import tlhelpers
 from tlhelpers import serving
+from tlhelpers.checks import require
 from tlhelpers.files import atomic_folder, sha256_of
 
 FORMAT = "tlhelpers-bundle"
@@ -67,7 +68,8 @@ def _versions() -> dict[str, str]:
 
 
 def _write_programs(model: nn.Module, example: torch.Tensor, folder: Path) -> None:
-    dynamic = {"x": {0: torch.export.Dim("batch")}}
+    # by position, not by name: any forward(first_argument) exports (nn.Sequential names it `input`)
+    dynamic = ({0: torch.export.Dim("batch")},)
     program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
     torch.export.save(program, str(folder / "model.pt2"))
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -100,6 +102,7 @@ def export(model: nn.Module, folder: str | Path, *, classes: Sequence[str], tran
     An existing ``folder`` is refused unless ``overwrite``; then it stays whole until the new
     bundle is complete. ``model`` itself keeps its mode and device.
     """
+    require("export", "bundle.export")
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} already exists; choose another folder or pass overwrite=True")

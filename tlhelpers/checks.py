@@ -1,13 +1,43 @@
-"""One check for "is this an integer?", with one message, used everywhere in tlhelpers.
+"""Two checks used everywhere in tlhelpers: "is this an integer?" and "is this optional feature installed?".
 
 A learner passes ``per_class=np.int64(20)`` from a NumPy computation as often as ``20``; both
 must work everywhere, and ``True``, ``2.5`` or ``"20"`` must be refused everywhere with the same
-words. Imports nothing else from tlhelpers.
+words. An optional feature (exporting a bundle, executing notebooks) checks that what it needs
+imports before any work starts, and names the extra that installs it (:func:`require`).
+Imports nothing else from tlhelpers.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import operator
+import sys
+
+#: What each extra of pyproject.toml brings, for the features that need it.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "export": ("onnx", "onnxscript", "onnxruntime", "safetensors"),
+    "course": ("jupyterlab", "nbclient", "nbformat", "nbconvert", "voila"),
+}
+
+
+class MissingExtra(ImportError):
+    """An optional feature's packages are not installed; the message says which extra installs them."""
+
+
+def _importable(name: str) -> bool:
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    return importlib.util.find_spec(name) is not None
+
+
+def require(extra: str, feature: str) -> None:
+    """Raise :class:`MissingExtra` unless every package of ``extra`` imports (without importing them)."""
+    if extra not in EXTRAS:
+        raise ValueError(f"unknown extra {extra!r}; the extras are {sorted(EXTRAS)}")
+    missing = [name for name in EXTRAS[extra] if not _importable(name)]
+    if missing:
+        raise MissingExtra(f"{feature} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                           f"not installed: pip install 'tlhelpers[{extra}]'")
 
 
 class IntegerError(ValueError, TypeError):

@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 import tlhelpers
 from tlhelpers import bundle, checkpoints, data, evaluation, freezing, models, plots, protocol, runtime, training
 from tlhelpers.files import AssetError, atomic_write
+from tlhelpers.checks import MissingExtra, require
 
 #: Validation images per class when training on every file (no --per-class).
 DEFAULT_VAL_PER_CLASS = 50
@@ -168,6 +169,10 @@ def check_paths(args: argparse.Namespace) -> None:
                              f"{args.checkpoint / 'run.pt'}")
         _writable_place(args.checkpoint, "--checkpoint", "file")
     if args.export is not None:
+        try:
+            require("export", "--export")
+        except MissingExtra as error:
+            raise UsageError(str(error)) from None
         if args.export.exists() and not (args.export.is_dir() and not any(args.export.iterdir())):
             raise UsageError(f"--export {args.export} already exists; a bundle goes into a new folder "
                              "(remove it or choose another)")
