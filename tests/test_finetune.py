@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 import torch
 
-from tlhelpers import checkpoints, data, finetune
+from tlhelpers import checkpoints, data, finetune, protocol
 
 BASE = ["--weights", "IMAGENET1K_V1", "--dataset", "digits", "--per-class", "5", "--val-per-class", "3",
         "--image-size", "32", "--epochs", "1", "--no-progress"]
@@ -217,3 +217,15 @@ def test_export_without_its_extra_is_refused_before_any_work(tmp_path, capsys, m
     err = fails(BASE + ["--export", str(tmp_path / "bundle"), "--out", str(tmp_path / "report")], capsys)
     assert "--export needs onnxruntime, which is not installed: pip install 'tlhelpers[export]'" in err
     assert not (tmp_path / "report").exists() and not (tmp_path / "bundle").exists()
+
+
+def test_the_defaults_fit_every_built_in_dataset(capsys):
+    """The README's `--dataset digits --epochs 3` with no sizes: the held-out split takes what the
+    smallest class has (35 of digits' '2'), and a note says so, instead of stopping at once."""
+    args = finetune.parser().parse_args(["--dataset", "digits", "--image-size", "32"])
+    splits = finetune.load_data(args, None, processes=1)
+    counts = torch.bincount(torch.tensor(protocol.targets_of(splits.test)))
+    assert counts.min() == counts.max() == 35
+    assert "note: digits's held-out split has 35 images in its smallest class" in capsys.readouterr().out
+    explicit = finetune.parser().parse_args(["--dataset", "digits", "--test-per-class", "10"])
+    assert len(finetune.load_data(explicit, None, processes=1).test) == 100

@@ -38,6 +38,7 @@ and ``confusion_matrix.png`` (on the test split) in ``--out``.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import hashlib
 import json
 import os
@@ -222,7 +223,17 @@ def _val_per_class(args: argparse.Namespace) -> int:
 
 
 def _test_per_class(args: argparse.Namespace) -> int:
-    return args.test_per_class or _val_per_class(args)
+    """``--test-per-class``, or as many as validation takes, at most what the held-out split's
+    smallest class has (said in a note), so the defaults work on every built-in dataset."""
+    if args.test_per_class:
+        return args.test_per_class
+    wanted = _val_per_class(args)
+    held_out = data.load_dataset(args.dataset, "val", root=args.root)
+    available = min(Counter(protocol.targets_of(held_out)).values())
+    if available < wanted:
+        print(f"note: {args.dataset}'s held-out split has {available} images in its smallest class: the test split "
+              f"takes {available} per class (set --test-per-class to choose)", flush=True)
+    return min(wanted, available)
 
 
 def load_data(args: argparse.Namespace, transform, processes: int) -> protocol.Splits:
