@@ -150,8 +150,8 @@ def bench_serving(repeats: int, calls: int = 20) -> list[tuple[str, str, str]]:
                    "onnx": serving.Predictor(Path(tmp) / "b", "onnx")}
         for batch in (1, 32):
             x = torch.randn(batch, 3, 224, 224)
-            call = {"eager": lambda: model(x), "pt2": lambda: runners["pt2"](x.numpy()),
-                    "onnx": lambda: runners["onnx"](x.numpy())}
+            call = {"eager": lambda x=x: model(x), "pt2": lambda x=x: runners["pt2"](x.numpy()),
+                    "onnx": lambda x=x: runners["onnx"](x.numpy())}
             times: dict[str, list[float]] = {name: [] for name in call}
             with torch.inference_mode():
                 for name in call:

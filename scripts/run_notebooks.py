@@ -25,9 +25,9 @@ import argparse
 import ast
 import os
 import re
-from datetime import datetime
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

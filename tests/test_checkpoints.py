@@ -81,7 +81,7 @@ def test_resume_gives_exactly_the_uninterrupted_weights(digits, tmp_path, use_ge
     assert history.epoch == [1, 2, 3, 4]
     assert history.train_loss == expected.train_loss and history.val_acc == expected.val_acc
     assert_same_tensors(state_of(straight), state_of(resumed))
-    for (a, b) in zip(straight_opt.state.values(), resumed_opt.state.values()):
+    for (a, b) in zip(straight_opt.state.values(), resumed_opt.state.values(), strict=True):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
     assert history.lr == pytest.approx(expected.lr)
 

@@ -23,7 +23,7 @@ def test_every_corruption_changes_the_images_and_stays_in_range(pixels, name, se
     before = pixels.clone()
     shifted = corruptions.corrupt(pixels, name, severity, seed=3)
     assert shifted.shape == pixels.shape and shifted.dtype == pixels.dtype
-    assert 0 <= shifted.min() and shifted.max() <= 1
+    assert shifted.min() >= 0 and shifted.max() <= 1
     assert not torch.equal(shifted, pixels)
     assert torch.equal(pixels, before), "the input must not be modified"
 

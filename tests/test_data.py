@@ -8,13 +8,12 @@ is faked.
 
 from __future__ import annotations
 
-import re
-
 import collections
 import gzip
 import io
 import os
 import pickle
+import re
 import shutil
 import zipfile
 from pathlib import Path

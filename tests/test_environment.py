@@ -8,6 +8,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,10 +26,23 @@ def _names(path: Path, pinned: bool) -> dict[str, str]:
     return found
 
 
+def _requirements() -> set[str]:
+    """Every distribution pyproject.toml asks for: the core dependencies and every extra's."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    texts = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values() for r in extra]
+    return {Requirement(text).name.lower().replace("_", "-") for text in texts} - {"tlhelpers"}
+
+
+def test_requirements_txt_installs_the_project_with_every_extra():
+    """pyproject.toml is the one list; requirements.txt only installs the project with its extras."""
+    extras = sorted(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert [line for line in lines if line] == [f"-e .[{','.join(extras)}]"]
+
+
 def test_every_requirement_is_pinned_in_the_constraints():
-    wanted = _names(ROOT / "requirements.txt", pinned=False)
     pins = _names(ROOT / "constraints.txt", pinned=True)
-    missing = sorted(set(wanted) - set(pins))
+    missing = sorted(_requirements() - set(pins))
     assert not missing, f"not in constraints.txt: {missing}; run `make lock`"
 
 
@@ -35,5 +50,5 @@ def test_every_requirement_is_pinned_in_the_constraints():
                     reason="only the course's .venv (make setup) is built from constraints.txt")
 def test_the_course_environment_matches_the_constraints():
     pins = _names(ROOT / "constraints.txt", pinned=True)
-    for name in _names(ROOT / "requirements.txt", pinned=False):
+    for name in sorted(_requirements()):
         assert metadata.version(name) == pins[name], f"{name} {metadata.version(name)} installed, {pins[name]} pinned"

@@ -6,11 +6,11 @@ import matplotlib
 import matplotlib.figure
 
 matplotlib.use("Agg")
+from types import SimpleNamespace  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
-
 from IPython.core.formatters import DisplayFormatter  # noqa: E402
 
 from tlhelpers import figure_text  # noqa: E402

@@ -38,10 +38,9 @@ def test_a_replaced_file_keeps_its_mode(tmp_path):
 def test_a_failed_write_leaves_the_old_file_and_no_partial(tmp_path):
     path = tmp_path / "data.bin"
     path.write_bytes(b"complete")
-    with pytest.raises(RuntimeError):
-        with files.atomic_write(path) as staging:
-            staging.write_bytes(b"half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), files.atomic_write(path) as staging:
+        staging.write_bytes(b"half")
+        raise RuntimeError("interrupted")
     assert path.read_bytes() == b"complete"
     assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
 
@@ -103,10 +102,9 @@ def test_a_failed_atomic_folder_leaves_the_old_folder_whole(tmp_path):
     target = tmp_path / "bundle"
     target.mkdir()
     (target / "model.onnx").write_text("old model")
-    with pytest.raises(RuntimeError, match="export failed"):
-        with files.atomic_folder(target) as staging:
-            (staging / "model.onnx").write_text("half a new")
-            raise RuntimeError("export failed")
+    with pytest.raises(RuntimeError, match="export failed"), files.atomic_folder(target) as staging:
+        (staging / "model.onnx").write_text("half a new")
+        raise RuntimeError("export failed")
     assert (target / "model.onnx").read_text() == "old model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
@@ -123,8 +121,7 @@ def test_when_the_swap_itself_fails_the_old_folder_is_moved_back(tmp_path, monke
         return real_rename(self, destination)
 
     monkeypatch.setattr(type(target), "rename", rename)
-    with pytest.raises(OSError, match="disk full"):
-        with files.atomic_folder(target) as staging:
-            (staging / "new.txt").write_text("new")
+    with pytest.raises(OSError, match="disk full"), files.atomic_folder(target) as staging:
+        (staging / "new.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

@@ -12,11 +12,10 @@ the planned notebooks are missing.
 from __future__ import annotations
 
 import ast
-import re
-from pathlib import Path
-
 import importlib.util
+import re
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest

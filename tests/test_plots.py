@@ -110,5 +110,5 @@ def test_long_bar_labels_wrap_instead_of_overlapping():
     figure.canvas.draw()
     ax = figure.axes[0]
     boxes = [label.get_window_extent() for label in ax.get_xticklabels()]
-    assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:])), "neighbouring bar labels overlap"
+    assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:], strict=False)), "neighbouring bar labels overlap"
     assert all("\n" in label.get_text() for label in ax.get_xticklabels()[1:])

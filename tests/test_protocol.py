@@ -366,6 +366,6 @@ def test_restore_best_false_keeps_the_last_step(splits):
 def _with(weights):
     model, _ = _linear()()
     with torch.no_grad():
-        for p, w in zip(model.parameters(), weights):
+        for p, w in zip(model.parameters(), weights, strict=True):
             p.copy_(w)
     return model

@@ -31,7 +31,7 @@ def two_models(mobilenet_v2):
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.01 * torch.randn_like(p))
-        for name, b in other.named_buffers():
+        for b in other.buffers():
             if b.is_floating_point():
                 b.mul_(1.5)
     return mobilenet_v2, other

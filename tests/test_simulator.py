@@ -161,8 +161,8 @@ def test_freezing_more_never_increases_backward_flops(sim):
         costs.append(sim.cost())
     backward = [c.backward_flops for c in costs]
     saved = [c.saved_activation_bytes for c in costs]
-    assert all(a >= b for a, b in zip(backward, backward[1:])), backward
-    assert all(a >= b for a, b in zip(saved, saved[1:])), saved
+    assert all(a >= b for a, b in zip(backward, backward[1:], strict=False)), backward
+    assert all(a >= b for a, b in zip(saved, saved[1:], strict=False)), saved
     assert backward[0] > backward[1] > backward[2] and backward[-1] == 0
     assert len({c.forward_flops for c in costs}) == 1, "freezing does not change the forward pass"
     assert costs[0] == sim.baseline()
@@ -223,7 +223,7 @@ def test_batchnorm_drift_only_with_the_switch(sim):
     report = sim.step()
     for name in EARLY:
         assert report.blocks[name].bn_drift == 0.0
-        assert all(torch.equal(a, b) for a, b in zip(bn_means(sim, name), before[name]))
+        assert all(torch.equal(a, b) for a, b in zip(bn_means(sim, name), before[name], strict=True))
     assert report.drifted_while_frozen == []
     assert report.blocks["stage4"].bn_drift > 0, "trainable blocks' statistics follow the data"
 
@@ -231,7 +231,7 @@ def test_batchnorm_drift_only_with_the_switch(sim):
     before = {n: bn_means(sim, n) for n in BLOCKS}
     report = sim.step()
     for name in EARLY:
-        changes = [a - b for a, b in zip(bn_means(sim, name), before[name])]
+        changes = [a - b for a, b in zip(bn_means(sim, name), before[name], strict=True)]
         expected = torch.linalg.vector_norm(torch.cat(changes))
         assert report.blocks[name].bn_drift == pytest.approx(float(expected), rel=1e-4)
         assert report.blocks[name].bn_drift > 0

@@ -27,7 +27,6 @@ from tlhelpers.simulator import FreezeSim, default_batch
 from tlhelpers.simulator.measure import ChainError, flop_counter
 
 
-
 def small(name: str, size: int = 32, **kwargs) -> FreezeSim:
     torch.manual_seed(0)
     with warnings.catch_warnings():

@@ -92,7 +92,7 @@ def test_javascript_matches_python(which, node, pretrained_mobilenet_v2, tmp_pat
     sim = {"mobilenet_v2": lambda: FreezeSim(pretrained_mobilenet_v2), "vit": vit, "resnet18": resnet}[which]()
     rng = random.Random(7)
     cases = []
-    for i in range(120):
+    for _ in range(120):
         switches = {"bn_train_when_frozen": rng.random() < 0.4, "stale_gradients": rng.random() < 0.3,
                     "train_norm_affine": rng.random() < 0.4}
         frozen = [b for b in sim.block_names if rng.random() < 0.5]
@@ -109,7 +109,7 @@ def test_javascript_matches_python(which, node, pretrained_mobilenet_v2, tmp_pat
               "head": sim.head_block, "vocabulary": vocabulary.for_browser()}
     result = run_node(node, inputs, tmp_path)
 
-    for case, js in zip(cases, result["out"]):
+    for case, js in zip(cases, result["out"], strict=True):
         states = sim.states_for(case["frozen"], case["switches"]["bn_train_when_frozen"],
                                 case["switches"]["train_norm_affine"])
         cost = sim.cost(states)
@@ -215,7 +215,7 @@ def _python_decode(text: str) -> dict:
 def test_javascript_decoder_matches_the_python_parser(node, tmp_path):
     texts = VALID_SCENARIOS + INVALID_SCENARIOS
     results = call_js(node, [["decodeScenario", [t]] for t in texts], tmp_path)
-    for text, js in zip(texts, results):
+    for text, js in zip(texts, results, strict=True):
         py = _python_decode(text)
         if "error" in py:
             assert "error" in js, f"Python rejects {text!r} ({py['error']}), JS read {js}"

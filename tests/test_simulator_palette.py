@@ -68,7 +68,7 @@ def _contrast(a: np.ndarray, b: np.ndarray) -> float:
 
 def _rgba(css: str, selector_part: str) -> tuple[np.ndarray, float]:
     r, g, b, alpha = re.search(selector_part + r"[^}]*rgba\((\d+),\s*(\d+),\s*(\d+),\s*([\d.]+)\)", css).groups()
-    return linear("#{:02x}{:02x}{:02x}".format(int(r), int(g), int(b))), float(alpha)
+    return linear(f"#{int(r):02x}{int(g):02x}{int(b):02x}"), float(alpha)
 
 
 def test_block_labels_are_readable_on_every_block_state():

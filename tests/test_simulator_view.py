@@ -101,7 +101,7 @@ def test_train_ten_steps_is_live_and_frozen_blocks_stay_flat(view):
         if name in view.frozen:
             assert path == [0.0] * 10, f"{name} is frozen and must stay flat"
         else:
-            assert all(b > a for a, b in zip(path, path[1:])) or path[-1] > path[0] > 0, name
+            assert all(b > a for a, b in zip(path, path[1:], strict=False)) or path[-1] > path[0] > 0, name
     start = view.sim._start  # the distance is from the start, computed here by hand
     moved = torch.linalg.vector_norm(torch.cat([(p.detach() - start[n]).flatten()
                                                 for n, p in view.sim.block_parameters("stage5").items()]))

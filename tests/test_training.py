@@ -78,7 +78,7 @@ def test_fit_matches_a_hand_written_loop(digits):
     history = training.fit(model, train_loader, None, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
                            3, progress=False)
     assert len(history) == 3 and history.epoch == [1, 2, 3]
-    for (name, a), b in zip(reference.state_dict().items(), model.state_dict().values()):
+    for (name, a), b in zip(reference.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -29,18 +29,24 @@ import argparse
 import glob
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from tlhelpers.files import (AssetError, HashMismatchError, atomic_write, first_source, network_timeout, sha256_of,
-                             socket_timeout)
+from tlhelpers.files import (
+    AssetError,
+    HashMismatchError,
+    atomic_write,
+    first_source,
+    network_timeout,
+    sha256_of,
+    socket_timeout,
+)
 
 MOBILENET_V2_URL = "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
@@ -93,7 +99,7 @@ def _torchvision_download(url: str, destination: Path) -> None:
     with socket_timeout() as seconds:
         try:
             torch.hub.download_url_to_file(url, str(destination), hash_prefix=expected, progress=False)
-        except (TimeoutError, socket.timeout) as error:
+        except TimeoutError as error:
             raise AssetError(f"no answer from {url} within {seconds:g} s ({error})") from None
 
 

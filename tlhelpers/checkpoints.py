@@ -183,7 +183,7 @@ def _optimizer_problems(state: dict, optimizer: torch.optim.Optimizer) -> list[s
     if len(saved) != len(mine):
         problems.append(f"its optimizer has {len(saved)} param groups, yours {len(mine)}")
     else:
-        for index, (a, b) in enumerate(zip(saved, mine)):
+        for index, (a, b) in enumerate(zip(saved, mine, strict=False)):
             if a != b:
                 problems.append(f"param group {index} holds {len(a)} tensors there and {len(b)} here"
                                 + ("" if len(a) != len(b) else " of other shapes"))
@@ -247,7 +247,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
             set_rng_state(per_process[dist.get_rank()])
         else:
             set_rng_state(state["rng"])
-        for generator, saved in zip(generators, state["data_rng"]):
+        for generator, saved in zip(generators, state["data_rng"], strict=True):
             generator.set_state(saved)
     return state
 

@@ -28,8 +28,8 @@ Fashion-MNIST, severity 1 costs a few points of accuracy and severity 3 tens of 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import torch
 from torchvision.transforms import InterpolationMode
@@ -73,7 +73,7 @@ def _brightness(pixels: torch.Tensor, factor: float, generator: torch.Generator)
 def _rotation(pixels: torch.Tensor, degrees: float, generator: torch.Generator) -> torch.Tensor:
     signs = torch.randint(0, 2, (len(pixels),), generator=generator) * 2 - 1
     rotated = [F.rotate(image, float(degrees * sign), interpolation=InterpolationMode.BILINEAR)
-               for image, sign in zip(pixels, signs.tolist())]
+               for image, sign in zip(pixels, signs.tolist(), strict=True)]
     return torch.stack(rotated) if rotated else pixels.clone()
 
 

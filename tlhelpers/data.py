@@ -26,8 +26,8 @@ import urllib.request
 import warnings
 import zipfile
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,8 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from tlhelpers.checks import integer
-from tlhelpers.files import (AssetError, atomic_write, first_source, network_timeout, sha256_of,
-                             socket_timeout)
+from tlhelpers.files import AssetError, atomic_write, first_source, network_timeout, sha256_of, socket_timeout
 from tlhelpers.serving import to_rgb  # one conversion for training and serving
 
 #: The per-channel mean and std every torchvision ImageNet model normalises its inputs with.
@@ -153,10 +152,8 @@ def _missing_dirs(path: Path) -> list[Path]:
 def _remove_empty(folders: list[Path]) -> None:
     """Remove folders we created (deepest first) if they stayed empty."""
     for folder in folders:
-        try:
+        with contextlib.suppress(OSError):
             folder.rmdir()
-        except OSError:
-            pass
 
 
 def prepare_fashion_mnist(sources: Sequence[Path] | None = None, download: bool = True) -> Path:

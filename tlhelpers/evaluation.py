@@ -7,8 +7,8 @@ function here restores the model's previous train/eval mode afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -97,5 +97,5 @@ def top_k(model: nn.Module, batch: torch.Tensor, categories: list[str], k: int =
     with evaluating(model), torch.inference_mode():
         probabilities = model(batch.to(model_device(model))).softmax(dim=1).cpu()
     values, indices = probabilities.topk(k, dim=1)
-    return [[(categories[i], float(v)) for v, i in zip(row_v, row_i)]
-            for row_v, row_i in zip(values.tolist(), indices.tolist())]
+    return [[(categories[i], float(v)) for v, i in zip(row_v, row_i, strict=True)]
+            for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=True)]

@@ -38,13 +38,13 @@ and ``confusion_matrix.png`` (on the test split) in ``--out``.
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +54,20 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import tlhelpers
-from tlhelpers import bundle, checkpoints, data, evaluation, freezing, models, plots, protocol, runtime, training
-from tlhelpers.files import AssetError, atomic_write
+from tlhelpers import (
+    bundle,
+    checkpoints,
+    data,
+    evaluation,
+    freezing,
+    models,
+    plots,
+    protocol,
+    runtime,
+    training,
+)
 from tlhelpers.checks import MissingExtra, require
+from tlhelpers.files import AssetError, atomic_write
 
 #: Validation images per class when training on every file (no --per-class).
 DEFAULT_VAL_PER_CLASS = 50

@@ -154,7 +154,7 @@ class TrainableSummary:
         lines = [header, *self._table()]
         widths = [max(len(line[i]) for line in lines) for i in range(4)]
         return "\n".join(
-            "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+            "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
             for line in lines
         )
 

@@ -142,7 +142,7 @@ def add_lora(model: nn.Module, rank: int = 4, alpha: float | None = None,
                              + "; LoRA targets Conv2d layers with groups=1. Nothing was wrapped.")
     # build every wrapper first (this validates rank and alpha), then swap them in
     wrapped = [LoRAConv2d(modules[name], rank, alpha) for name in targets]
-    for name, module in zip(targets, wrapped):
+    for name, module in zip(targets, wrapped, strict=True):
         swap_module(model, name, module)
     return targets
 

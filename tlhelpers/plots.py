@@ -10,13 +10,13 @@ figure without leaking open figures.
 from __future__ import annotations
 
 import textwrap
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from tlhelpers.data import IMAGENET_MEAN, IMAGENET_STD
 from tlhelpers.training import History
@@ -68,7 +68,7 @@ def show_predictions(images: torch.Tensor, predicted: Sequence[int], targets: Se
     figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False, dpi=100)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, guess, truth in zip(axes.flat, images, predicted, targets):
+    for ax, image, guess, truth in zip(axes.flat, images, predicted, targets, strict=False):
         shown = to_displayable(image) if normalized else image.permute(1, 2, 0).numpy()
         ax.imshow(shown)
         right = int(guess) == int(truth)

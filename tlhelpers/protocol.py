@@ -51,9 +51,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -244,7 +244,7 @@ class Budget:
     def schedule(self) -> str:
         return "cosine decay over the cap" if self.patience is None else "constant rate (early stopping)"
 
-    def doubled(self) -> "Budget":
+    def doubled(self) -> Budget:
         """The same budget with twice the cap (what :func:`contest` offers an unconverged contender)."""
         return Budget(self.max_steps * 2, self.batch_size, self.lrs, self.eval_every, self.patience,
                       self.weight_decay, self.max_extend)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

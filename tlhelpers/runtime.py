@@ -7,8 +7,8 @@ import another for these. Imports only ``checks`` from tlhelpers.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch

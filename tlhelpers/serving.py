@@ -143,7 +143,7 @@ class Predictor:
         self.classes = list(self.manifest["classes"])
         path = self.folder / self.manifest["files"][f"model.{runtime}"]["name"]
         if runtime == "pt2":
-            import torch   # only here: the ONNX path runs without torch
+            import torch  # only here: the ONNX path runs without torch
 
             self._torch = torch
             self._module = torch.export.load(str(path)).module()
@@ -190,7 +190,7 @@ def predict_files(predictor: Predictor, paths: list[str], k: int = 3,
         if not inputs:
             continue
         logits = predictor(np.stack(inputs))
-        for path, row, probs in zip(readable, logits, softmax(logits)):
+        for path, row, probs in zip(readable, logits, softmax(logits), strict=True):
             top = np.argsort(-probs, kind="stable")[:min(k, len(predictor.classes))]
             results.append({"image": path, "top": [[predictor.classes[i], float(probs[i])] for i in top],
                             "logits": [float(v) for v in row]})

@@ -12,7 +12,7 @@ Two views of "feature distortion" (Kumar et al. ICLR 2022):
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from torch import distributed as dist
@@ -81,7 +81,7 @@ class History:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, list]) -> "History":
+    def from_dict(cls, values: dict[str, list]) -> History:
         return cls(**{k: list(v) for k, v in values.items()})
 
     def __str__(self) -> str:

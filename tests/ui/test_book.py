@@ -296,7 +296,7 @@ def test_headings_go_down_one_level_at_a_time(site, page: Page) -> None:
             "(hs) => hs.filter((h) => h.offsetParent !== null || h.closest('details')).map((h) => Number(h.tagName[1]))")
         if levels.count(1) != 1 or levels[0] != 1:
             problems.append(f"{name}: {levels.count(1)} h1 (first heading h{levels[0] if levels else '-'})")
-        skips = [(a, b) for a, b in zip(levels, levels[1:]) if b > a + 1]
+        skips = [(a, b) for a, b in zip(levels, levels[1:], strict=False) if b > a + 1]
         if skips:
             problems.append(f"{name}: skips {skips[:3]}")
     assert not problems, "\n".join(problems)

@@ -7,6 +7,7 @@ initialisation, and :class:`Loaded` says so in words for the widget to show.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -105,10 +106,8 @@ def architecture_name(model: nn.Module) -> str | None:
     if not module.startswith("torchvision.models"):
         return None
     head = None
-    try:
+    with contextlib.suppress(models.HeadNotFoundError):
         head, _ = models.find_head(model)
-    except models.HeadNotFoundError:
-        pass
 
     def shapes(m: nn.Module) -> dict[str, tuple]:
         return {n: tuple(p.shape) for n, p in m.named_parameters()

@@ -18,8 +18,8 @@ started, a parameter used in two segments) is refused with an error that says wh
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn

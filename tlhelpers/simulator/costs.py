@@ -29,8 +29,8 @@ repeats these two rules on the same table, so the browser can redraw a toggle on
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from tlhelpers.simulator.measure import TRAINING_STATES, CaseCost, CaseMeasurement, case_key, is_idle
 from tlhelpers.simulator.report import Cost
@@ -116,7 +116,7 @@ class CostTable:
 
     def merge(self, measured: CaseMeasurement) -> None:
         """Add newly measured cases (and, the first time, the border sizes and forward FLOPs)."""
-        for mine, new in zip(self.cases, measured.cases):
+        for mine, new in zip(self.cases, measured.cases, strict=True):
             mine.update(new)
         if not self.input_bytes or not any(self.input_bytes):
             self.input_bytes = measured.input_bytes
@@ -127,7 +127,7 @@ class CostTable:
     def block_costs(self, states: Mapping[str, str]) -> list[tuple[str | None, int, int]]:
         """Per segment: (first block or None for the prelude, backward FLOPs, saved bytes)."""
         rows, previous = [], None
-        for index, (blocks, key) in enumerate(zip(self.segments, self.keys(states))):
+        for index, (blocks, key) in enumerate(zip(self.segments, self.keys(states), strict=True)):
             case = None if is_idle(key) else self._case(index, key)
             saved = case.own_bytes if case else 0
             for j, size in enumerate(self.input_bytes[index] if index < len(self.input_bytes) else ()):

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -175,7 +175,7 @@ def measure_cost(model: nn.Module, compute_loss: Callable[[], torch.Tensor],
             with flop_counter() as backward_counter:
                 grads = torch.autograd.grad(loss, wanted, allow_unused=True)
             backward_flops = backward_counter.get_total_flops()
-            reached.update(name for (name, _), grad in zip(trainable, grads) if grad is not None)
+            reached.update(name for (name, _), grad in zip(trainable, grads, strict=True) if grad is not None)
 
     has_trainable = {name for name, _ in trainable}
     flow = tuple(name for name in reversed(order) if name in reached)
@@ -243,6 +243,110 @@ class ChainError(ValueError):
     """The blocks do not form a chain: a block's input depends on more than the block before it."""
 
 
+class _Stop(Exception):
+    """Raised by a segment's entry hook once every wanted segment has its output: ends the forward pass."""
+
+
+class _PassRecorder:
+    """What one forward pass of :func:`measure_cases` records, segment by segment.
+
+    Each segment's entry hook (:meth:`enter`) keeps the segment's raw inputs and cuts them loose
+    from the graph before it (a leaf that requires grad only where the case trains the border),
+    and the saved-tensor hook (:meth:`pack`) books every tensor autograd saves to the segment
+    running at that moment.
+    """
+
+    def __init__(self, cases: Mapping[int, str], segments: int, excluded: set):
+        self.cases, self.excluded = cases, excluded
+        self.last = max(cases, default=0)
+        self.raw_inputs: dict[int, list[torch.Tensor]] = {}
+        self.leaves: dict[int, list[torch.Tensor]] = {}
+        self.saved: list[dict[tuple[int, int], int]] = [{} for _ in range(segments)]
+        self.aliases: dict = {}
+        self.current = 0
+        self.loss: torch.Tensor | None = None
+
+    def enter(self, module: nn.Module, args, index: int):
+        if index in self.raw_inputs:  # a second call of the same entry module: not a new segment
+            return None
+        self.raw_inputs[index] = [t for t in _tensors(args) if t.is_floating_point()]
+        if index > self.last:  # every wanted segment has its output: stop the forward pass here
+            raise _Stop
+        self.current = index
+        needs_grad = self.cases.get(index, "0")[0] == "1"
+        detached: list[torch.Tensor] = []
+        new_args = self._cut(args, needs_grad, detached)
+        self.leaves[index] = detached
+        return new_args
+
+    def _cut(self, value, needs_grad: bool, detached: list[torch.Tensor]):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            leaf = value.detach().requires_grad_(needs_grad)
+            detached.append(leaf)
+            if not needs_grad:
+                return leaf
+            # A leaf that requires grad cannot be changed in place (EfficientNet's classifier
+            # starts with Dropout(inplace=True)): hand on a copy, and count what is saved of the
+            # copy as saved of the border tensor.
+            copied = leaf.clone()
+            self.aliases[_storage_key(copied)] = _storage_key(value)
+            return copied
+        if isinstance(value, (tuple, list)):
+            return type(value)(self._cut(v, needs_grad, detached) for v in value)
+        return value
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        key = self.aliases.get(key, key)
+        if key is not None and key not in self.excluded:
+            self.saved[self.current][key] = key[1]
+        return tensor
+
+    def outputs_of(self, index: int) -> list[torch.Tensor]:
+        """A segment's outputs: the next segment's raw inputs, or the loss for the last one."""
+        if index + 1 < len(self.saved):
+            return self.raw_inputs.get(index + 1, [])
+        return [self.loss] if self.loss is not None else []
+
+
+def _record_pass(model: nn.Module, compute_loss: Callable[[], torch.Tensor], entry_index: Mapping[str, int],
+                 recorder: _PassRecorder, count_flops: bool) -> int | None:
+    """Run one forward pass with the recorder's hooks in place; the forward FLOPs when counted."""
+    handles = [model.get_submodule(name).register_forward_pre_hook(
+        lambda m, args, index=index: recorder.enter(m, args, index)) for name, index in entry_index.items()]
+    counter = flop_counter() if count_flops else contextlib.nullcontext()
+    try:
+        with counter, torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda tensor: tensor):
+            recorder.loss = compute_loss()
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return int(counter.get_total_flops()) if count_flops and recorder.loss is not None else None
+
+
+def _case_cost(recorder: _PassRecorder, index: int, segments, blocks: Mapping[str, Block],
+               named: Mapping[str, nn.Parameter]) -> CaseCost:
+    """One segment's cost in its case: backward FLOPs from its outputs to its own parameters and
+    border, and the bytes saved inside it and at its borders."""
+    outputs = [t for t in recorder.outputs_of(index) if t.requires_grad]
+    own_params = [named[p] for b in segments[index].blocks for p in blocks[b].parameters if named[p].requires_grad]
+    inputs = own_params + [t for t in recorder.leaves.get(index, []) if t.requires_grad]
+    _check_chain(outputs, set(map(id, inputs)), segments, index, blocks)
+    flops = 0
+    if outputs and inputs:
+        with flop_counter() as backward_counter:
+            torch.autograd.grad(outputs, inputs, allow_unused=True, grad_outputs=[torch.ones_like(t) for t in outputs])
+        flops = int(backward_counter.get_total_flops())
+    borders_in = [_storage_key(t) for t in recorder.raw_inputs.get(index, [])]
+    last_segment = index + 1 == len(segments)
+    borders_out = [] if last_segment else [_storage_key(t) for t in recorder.outputs_of(index)]
+    mine = recorder.saved[index]
+    own = sum(size for storage, size in mine.items() if storage not in borders_in and storage not in borders_out)
+    return CaseCost(flops, int(own), tuple(s in mine for s in borders_in), tuple(s in mine for s in borders_out))
+
+
 def measure_cases(model: nn.Module, compute_loss: Callable[[], torch.Tensor], blocks: Mapping[str, Block],
                   layout: Layout, wanted: Sequence[dict[int, str]],
                   apply_states: Callable[[Mapping[str, str]], None]) -> CaseMeasurement:
@@ -250,11 +354,11 @@ def measure_cases(model: nn.Module, compute_loss: Callable[[], torch.Tensor], bl
 
     ``wanted`` is a list of passes, each mapping segment index -> case key (see
     :func:`case_key`); one forward pass measures every segment of a pass at once, because the
-    input of each segment is cut loose from the one before. ``apply_states(states)`` sets
-    ``requires_grad`` and BatchNorm modes for per-block states (the simulator owns that
-    rule). Segments not in a pass are idle in it. Raises :class:`ChainError` when a segment's
-    output depends on anything before it other than its own input (a skip connection across
-    blocks, or a parameter shared between blocks).
+    input of each segment is cut loose from the one before (:class:`_PassRecorder`).
+    ``apply_states(states)`` sets ``requires_grad`` and BatchNorm modes for per-block states
+    (the simulator owns that rule). Segments not in a pass are idle in it. Raises
+    :class:`ChainError` when a segment's output depends on anything before it other than its
+    own input (a skip connection across blocks, or a parameter shared between blocks).
     """
     start = time.perf_counter()
     segments = layout.segments
@@ -269,97 +373,15 @@ def measure_cases(model: nn.Module, compute_loss: Callable[[], torch.Tensor], bl
             states = {}
             for index, segment in enumerate(segments):
                 key = cases.get(index, "0" + "f" * len(segment.blocks))
-                states.update(zip(segment.blocks, key[1:]))
+                states.update(zip(segment.blocks, key[1:], strict=True))
             apply_states(states)
-            last = max(cases, default=0)
-            raw_inputs: dict[int, list[torch.Tensor]] = {}
-            leaves: dict[int, list[torch.Tensor]] = {}
-            saved: list[dict[tuple[int, int], int]] = [{} for _ in segments]
-            aliases: dict = {}
-            current = [0]
-
-            class _Stop(Exception):
-                pass
-
-            def enter(module: nn.Module, args, index: int):
-                if index in raw_inputs:  # a second call of the same entry module: not a new segment
-                    return None
-                raw_inputs[index] = [t for t in _tensors(args) if t.is_floating_point()]
-                if index > last:  # every wanted segment has its output: stop the forward pass here
-                    raise _Stop
-                current[0] = index
-                needs_grad = cases.get(index, "0")[0] == "1"
-                detached = []
-
-                def cut(value):
-                    if isinstance(value, torch.Tensor) and value.is_floating_point():
-                        leaf = value.detach().requires_grad_(needs_grad)
-                        detached.append(leaf)
-                        if not needs_grad:
-                            return leaf
-                        # A leaf that requires grad cannot be changed in place (EfficientNet's
-                        # classifier starts with Dropout(inplace=True)): hand on a copy, and
-                        # count what is saved of the copy as saved of the border tensor.
-                        copied = leaf.clone()
-                        aliases[_storage_key(copied)] = _storage_key(value)
-                        return copied
-                    if isinstance(value, (tuple, list)):
-                        return type(value)(cut(v) for v in value)
-                    return value
-
-                new_args = cut(args)
-                leaves[index] = detached
-                return new_args
-
-            def pack(tensor: torch.Tensor) -> torch.Tensor:
-                key = _storage_key(tensor)
-                key = aliases.get(key, key)
-                if key is not None and key not in excluded:
-                    saved[current[0]][key] = key[1]
-                return tensor
-
-            handles = [model.get_submodule(name).register_forward_pre_hook(
-                lambda m, args, index=index: enter(m, args, index)) for name, index in entry_index.items()]
-            loss = None
-            try:
-                counter = flop_counter() if forward_flops is None else contextlib.nullcontext()
-                with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-                    loss = compute_loss()
-            except _Stop:
-                pass
-            finally:
-                for handle in handles:
-                    handle.remove()
-            if loss is not None and forward_flops is None:
-                forward_flops = int(counter.get_total_flops())
-
-            def outputs_of(index: int) -> list[torch.Tensor]:
-                if index + 1 < len(segments):
-                    return raw_inputs.get(index + 1, [])
-                return [loss] if loss is not None else []
-
-            for index, tensors in raw_inputs.items():
+            recorder = _PassRecorder(cases, len(segments), excluded)
+            counted = _record_pass(model, compute_loss, entry_index, recorder, count_flops=forward_flops is None)
+            forward_flops = counted if counted is not None else forward_flops
+            for index, tensors in recorder.raw_inputs.items():
                 input_bytes[index] = tuple(_storage_key(t)[1] for t in tensors)
             for index, key in cases.items():
-                outputs = [t for t in outputs_of(index) if t.requires_grad]
-                own_params = [named[p] for b in segments[index].blocks for p in blocks[b].parameters
-                              if named[p].requires_grad]
-                inputs = own_params + [t for t in leaves.get(index, []) if t.requires_grad]
-                _check_chain(outputs, set(map(id, inputs)), segments, index, blocks)
-                flops = 0
-                if outputs and inputs:
-                    with flop_counter() as backward_counter:
-                        torch.autograd.grad(outputs, inputs, allow_unused=True,
-                                            grad_outputs=[torch.ones_like(t) for t in outputs])
-                    flops = int(backward_counter.get_total_flops())
-                borders_in = [_storage_key(t) for t in raw_inputs.get(index, [])]
-                last_segment = index + 1 == len(segments)
-                borders_out = [] if last_segment else [_storage_key(t) for t in outputs_of(index)]
-                mine = saved[index]
-                own = sum(size for storage, size in mine.items()
-                          if storage not in borders_in and storage not in borders_out)
-                results[index][key] = CaseCost(flops, int(own), tuple(s in mine for s in borders_in),
-                                               tuple(s in mine for s in borders_out))
+                results[index][key] = _case_cost(recorder, index, segments, blocks, named)
     return CaseMeasurement(tuple(results), tuple(input_bytes), forward_flops,
                            (time.perf_counter() - start) * 1000.0)
 

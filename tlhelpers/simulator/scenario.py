@@ -17,7 +17,7 @@ the same rule the widget's JavaScript uses (``scenarioString`` in ``static/freez
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
 from tlhelpers.simulator import vocabulary

@@ -23,7 +23,7 @@ import contextlib
 import copy
 import time
 from collections import OrderedDict
-from typing import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -32,8 +32,15 @@ from torch.nn import functional as F
 from tlhelpers import models
 from tlhelpers.checks import integer
 from tlhelpers.simulator.batch import check_batch, default_batch
-from tlhelpers.simulator.blocks import (Block, Layout, block_batchnorms, forward_layout, norm_parameters,
-                                        ordered, resolve_blocks)
+from tlhelpers.simulator.blocks import (
+    Block,
+    Layout,
+    block_batchnorms,
+    forward_layout,
+    norm_parameters,
+    ordered,
+    resolve_blocks,
+)
 from tlhelpers.simulator.costs import CostTable
 from tlhelpers.simulator.measure import measure_cases, measure_cost, untouched
 from tlhelpers.simulator.report import BlockReport, Cost, StepReport
@@ -353,7 +360,7 @@ class FreezeSim:
                     p.requires_grad_(True)
             loss = self._loss(self.step_count + 1)
             flat = [p for group in params.values() for p in group]
-            grads = dict(zip(map(id, flat), torch.autograd.grad(loss, flat, allow_unused=True)))
+            grads = dict(zip(map(id, flat), torch.autograd.grad(loss, flat, allow_unused=True), strict=True))
         result = {}
         for name, group in params.items():
             got = [grads[id(p)] for p in group if grads[id(p)] is not None]
@@ -638,7 +645,7 @@ class FreezeSim:
         frozen_deltas = [p.detach() - before[id(p)] for p in params
                          if id(p) in before and not p.requires_grad]
         after = [m.running_mean for m in self._bn_layers[name] if m.training]
-        drifts = [a - b for a, b in zip(after, bn_before)]
+        drifts = [a - b for a, b in zip(after, bn_before, strict=True)]
         weight = _norm([p.detach() for p in trainable])
         return BlockReport(
             name=name, frozen=name in self._frozen, params=sum(p.numel() for p in params),
@@ -646,7 +653,7 @@ class FreezeSim:
             grad_norm=_norm(grads) if grads else None,
             weight_delta=_norm(deltas), pass_through=name in cost.pass_through,
             bn_drift=_norm(drifts), state=self.block_state(name), frozen_delta=_norm(frozen_deltas),
-            distance=_norm([p.detach() - s for p, s in zip(params, start)]),
+            distance=_norm([p.detach() - s for p, s in zip(params, start, strict=True)]),
             relative_grad=_norm(grads) / weight if grads and weight > 0 else None,
         )
 

@@ -78,7 +78,7 @@ def complete_table(sim: FreezeSim) -> dict:
     saved = {name: getattr(sim, name) for name in names}
     try:
         for values in itertools.product((False, True), repeat=len(names)):
-            for name, value in zip(names, values):
+            for name, value in zip(names, values, strict=True):
                 setattr(sim, name, value)
             sim.cost_table()
     finally:
