@@ -125,3 +125,16 @@ def test_when_the_swap_itself_fails_the_old_folder_is_moved_back(tmp_path, monke
         (staging / "new.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_a_bug_in_a_source_is_not_mistaken_for_a_failed_source():
+    """A TypeError is the course's own mistake: it propagates at once instead of reading as
+    "this source failed" and sending the learner to the next one."""
+    def buggy():
+        raise TypeError("unsupported operand")
+
+    tried: list[str] = []
+    with pytest.raises(TypeError, match="unsupported operand"):
+        files.first_source([("cache", buggy), ("download", lambda: "never tried")], tried=tried,
+                           give_up=lambda t: AssertionError(t))
+    assert tried == []

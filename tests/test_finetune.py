@@ -229,3 +229,16 @@ def test_the_defaults_fit_every_built_in_dataset(capsys):
     assert "note: digits's held-out split has 35 images in its smallest class" in capsys.readouterr().out
     explicit = finetune.parser().parse_args(["--dataset", "digits", "--test-per-class", "10"])
     assert len(finetune.load_data(explicit, None, processes=1).test) == 100
+
+
+def test_a_data_problem_is_a_usage_error_and_a_bug_is_not(capsys, monkeypatch):
+    err = fails(BASE[:2] + ["--dataset", "digits", "--per-class", "500", "--epochs", "1", "--no-progress"], capsys)
+    assert "digits: class '0' has 142 training files; train 500 + validation 500 per class need 1000" in err
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug in the course")
+
+    monkeypatch.setattr(finetune.protocol, "three_splits", broken)
+    args = finetune.parser().parse_args(["--dataset", "digits", "--test-per-class", "3"])
+    with pytest.raises(KeyError, match="a bug in the course"):      # not turned into "usage"
+        finetune.load_data(args, None, processes=1)

@@ -64,6 +64,16 @@ class DatasetUnavailableError(AssetError):
     """A dataset is not on disk and could not be fetched; the message lists what was tried."""
 
 
+
+class DatasetError(ValueError):
+    """The data cannot serve the request: an unknown dataset, a split too small for the sizes asked,
+    an image folder laid out wrongly. The message says what to change. Callers that turn data
+    problems into usage errors (the command line) catch this, not every ValueError."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """A dataset folder, or the images in it, are not where they must be."""
+
 def data_dir() -> Path:
     """The course's data folder, first of:
 
@@ -273,7 +283,7 @@ def _image_folder(root: Path, split: str, transform: Callable | None) -> Dataset
 
     folder = Path(root) / split
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"{folder} does not exist. An image folder needs root/train/<class>/*.jpg and "
             f"root/val/<class>/*.jpg; pass root= the folder that holds train/ and val/."
         )
@@ -283,7 +293,7 @@ def _image_folder(root: Path, split: str, transform: Callable | None) -> Dataset
             str(folder), transform=transform, is_valid_file=_is_image_file, loader=_load_rgb,
         )
     except FileNotFoundError as error:
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"No readable images in {folder} ({error}). Every class needs a folder "
             f"{folder}/<class>/ with at least one readable image ({', '.join(IMAGE_EXTENSIONS)}); "
             f"fix or remove the files warned about above."
@@ -298,7 +308,7 @@ def _check_same_classes(root: Path) -> None:
     if len(splits) == 2 and splits["train"] != splits["val"]:
         only_train = sorted(set(splits["train"]) - set(splits["val"]))
         only_val = sorted(set(splits["val"]) - set(splits["train"]))
-        raise ValueError(
+        raise DatasetError(
             f"{root}/train and {root}/val must hold the same class folders (labels are given in "
             f"sorted folder order). Only in train: {only_train or 'none'}; only in val: "
             f"{only_val or 'none'}. Add or rename folders so both splits list the same classes.")
@@ -356,7 +366,7 @@ def few_shot_indices(targets: Sequence[int], per_class: int, seed: int = 0) -> l
     for label in torch.unique(targets_t).tolist():
         members = torch.nonzero(targets_t == label).flatten()
         if len(members) < per_class:
-            raise ValueError(f"class {label} has only {len(members)} examples; per_class={per_class} is too many")
+            raise DatasetError(f"class {label} has only {len(members)} examples; per_class={per_class} is too many")
         pick = members[torch.randperm(len(members), generator=generator)[:per_class]]
         chosen.extend(pick.tolist())
     return sorted(chosen)
@@ -394,12 +404,12 @@ def load_dataset(name: str, split: str = "train", per_class: int | None = None, 
         dataset = _digits(split, transform)
     elif name == "imagefolder":
         if root is None:
-            raise ValueError("load_dataset('imagefolder', ...) needs root=<folder with train/ and val/>")
+            raise DatasetError("load_dataset('imagefolder', ...) needs root=<folder with train/ and val/>")
         dataset = _image_folder(Path(root), split, transform)
     elif name == "hymenoptera":
         dataset = _image_folder(_hymenoptera_root(), split, transform)
     else:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise DatasetError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if per_class is not None:
         per_class = _check_per_class(dataset, per_class, f"{name} {split}", at_most)
         dataset = FewShot(dataset, few_shot_indices(dataset.targets, per_class, seed))
@@ -419,7 +429,7 @@ def _check_per_class(dataset: Dataset, per_class: int, what: str, at_most: bool)
         print(f"note: {what}: class {name!r} has only {have} examples, so {have} per class are used "
               f"instead of {per_class}")
         return have
-    raise ValueError(f"{what}: class {name!r} has only {have} examples; per_class={per_class} is too "
+    raise DatasetError(f"{what}: class {name!r} has only {have} examples; per_class={per_class} is too "
                      "many. Use a smaller per_class, add examples, or at_most=True to use as many as "
                      "the smallest class has.")
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import shutil
 import socket
 import stat
+import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -49,6 +52,15 @@ def socket_timeout(seconds: float | None = None) -> Iterator[float]:
         socket.setdefaulttimeout(previous)
 
 
+#: What a failing source raises: no network, DNS, an HTTP error or a cut connection (OSError,
+#: http.client.HTTPException), wrong or truncated content (ValueError, EOFError, a bad archive),
+#: a file torch cannot read (RuntimeError, AssetError). A TypeError, NameError or AttributeError
+#: is a bug in the course, not a failed source: it propagates with its traceback.
+SOURCE_FAILURES: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, RuntimeError,
+                                                    http.client.HTTPException, tarfile.TarError,
+                                                    zipfile.BadZipFile)
+
+
 def first_source(sources: Iterable[tuple[str, Callable[[], T]]], *, tried: list[str],
                  give_up: Callable[[list[str]], BaseException],
                  stop_on: tuple[type[BaseException], ...] = ()) -> T:
@@ -65,7 +77,7 @@ def first_source(sources: Iterable[tuple[str, Callable[[], T]]], *, tried: list[
             return attempt()
         except stop_on:
             raise
-        except Exception as error:  # no network, DNS, HTTP error, wrong content, a bad archive, ...
+        except SOURCE_FAILURES as error:
             tried.append(f"{description}: {type(error).__name__}: {error}")
     raise give_up(tried)
 

@@ -221,8 +221,6 @@ def load_model(args: argparse.Namespace):
     try:
         chosen = models.resolve_weights(args.backbone, None if args.weights.lower() == "none" else args.weights)
         model, preprocess = models.load_model(args.backbone, chosen, image_size=args.image_size)
-    except AssetError:
-        raise
     except ValueError as error:  # an unknown weights name: the message lists the valid ones
         raise UsageError(f"--weights: {error}") from None
     check_groups(model, args)
@@ -254,7 +252,7 @@ def load_data(args: argparse.Namespace, transform, processes: int) -> protocol.S
         splits = protocol.three_splits(args.dataset, args.per_class, val_per_class=_val_per_class(args),
                                        test_per_class=_test_per_class(args), seed=args.seed,
                                        transform=transform, root=args.root)
-    except (FileNotFoundError, ValueError) as error:
+    except data.DatasetError as error:     # the data cannot serve these settings; any other error is a bug
         raise UsageError(str(error)) from None
     train = splits.train
     if processes > len(train):

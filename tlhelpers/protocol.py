@@ -62,7 +62,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default
 
 from tlhelpers import compare
 from tlhelpers.checks import integer
-from tlhelpers.data import FewShot, load_dataset
+from tlhelpers.data import DatasetError, FewShot, load_dataset
 from tlhelpers.evaluation import accuracy, predict
 from tlhelpers.freezing import batchnorm_layers, set_bn_policy
 from tlhelpers.robust import reestimate_batchnorm
@@ -98,7 +98,7 @@ class Splits:
         per_class = _positive_int(per_class, "per_class")
         smallest = min(len(order) for order in self.train_order)
         if per_class > smallest:
-            raise ValueError(f"the training split has only {smallest} images in its smallest class; "
+            raise DatasetError(f"the training split has only {smallest} images in its smallest class; "
                              f"per_class={per_class} is too many")
         return sorted(i for order in self.train_order for i in order[:per_class])
 
@@ -155,7 +155,7 @@ def three_splits(name: str, per_class: int | None, *, val_per_class: int | None 
         wanted = (per_class or 1) + val_per_class
         if len(members) < wanted:
             if not at_most or len(members) < 2:
-                raise ValueError(
+                raise DatasetError(
                     f"{name}: class {full.classes[label]!r} has {len(members)} training files; train "
                     f"{per_class or 'at least 1'} + validation {val_per_class} per class need {wanted}. Ask for "
                     "fewer, add images, or pass at_most=True to share out what there is.")

@@ -143,7 +143,11 @@ def _fused_copy(model: nn.Module) -> nn.Module:
             with evaluating(model):
                 fused = fuse(model, inplace=False)
         return fused.eval()
-    except Exception:  # control flow torch.fx cannot trace: evaluate the model as it is
+    except (torch.fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError) as error:
+        # control flow torch.fx cannot trace: evaluate the model as it is, and say so
+        warnings.warn(f"accuracies(fast=True): {type(model).__name__} cannot be traced by torch.fx "
+                      f"({type(error).__name__}: {error}); scoring it unfused, at the ordinary speed",
+                      RuntimeWarning, stacklevel=3)
         return model
 
 
