@@ -38,12 +38,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import answer_keys  # scripts/ is on sys.path: this script's own folder (or pytest's pythonpath)
 import nbformat
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import answer_keys  # noqa: E402
-
-from tlhelpers.files import atomic_folder  # noqa: E402
+from tlhelpers.files import atomic_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

@@ -32,12 +32,10 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import answer_keys  # noqa: E402  scripts/ is on sys.path: this script's own folder (or pytest's pythonpath)
 import nbformat  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
 from nbclient.exceptions import CellExecutionError  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import answer_keys  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

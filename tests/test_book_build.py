@@ -11,10 +11,8 @@ the same site in a real browser.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -22,10 +20,7 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("build_book", ROOT / "scripts" / "build_book.py")
-book = importlib.util.module_from_spec(spec)
-sys.modules["build_book"] = book
-spec.loader.exec_module(book)
+import build_book as book  # noqa: E402  (scripts/ is on pytest's pythonpath)
 
 #: Tags whose src/href the page loads by itself (a prose <a href> is only followed on a click).
 LOADED = {"script": "src", "link": "href", "img": "src", "iframe": "src", "source": "src", "video": "src",

@@ -12,19 +12,12 @@ the planned notebooks are missing.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
+import answer_keys  # noqa: E402  (scripts/ is on pytest's pythonpath)
 import nbformat
 import pytest
-
-_spec = importlib.util.spec_from_file_location(
-    "answer_keys", Path(__file__).resolve().parents[1] / "scripts" / "answer_keys.py")
-answer_keys = importlib.util.module_from_spec(_spec)
-sys.modules["answer_keys"] = answer_keys
-_spec.loader.exec_module(answer_keys)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PLANNED = [f"{n:02d}" for n in range(1, 11)]

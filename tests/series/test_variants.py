@@ -15,10 +15,8 @@ the series again): `make test` runs it; `make unit` does not.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import re
-import sys
 from pathlib import Path
 
 import nbformat
@@ -27,10 +25,7 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
-runner = importlib.util.module_from_spec(spec)
-sys.modules["run_notebooks"] = runner
-spec.loader.exec_module(runner)
+import run_notebooks as runner  # noqa: E402  (scripts/ is on pytest's pythonpath)
 
 
 def names_used(path: Path, parameters: bool) -> set[str]:

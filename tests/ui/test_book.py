@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import functools
 import http.server
-import importlib.util
 import re
-import sys
 import threading
 import urllib.parse
 from pathlib import Path
 
+import axe  # noqa: E402  (tests/ui is on pytest's pythonpath)
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import axe  # noqa: E402
 
 try:
     from playwright.sync_api import Page, expect
@@ -39,15 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LOAD_TIMEOUT_MS = 30_000
 
 
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("build_book", ROOT / "scripts" / "build_book.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("build_book", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-book = _load_builder()
+import build_book as book  # noqa: E402  (scripts/ is on pytest's pythonpath)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -20,15 +20,12 @@ import hashlib
 import json
 import re
 import statistics
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import axe  # noqa: E402  (tests/ui is on pytest's pythonpath)
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import axe  # noqa: E402
 
 try:
     from playwright.sync_api import Locator, Page, expect
