@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
-from tlhelpers.simulator import vocabulary
+import tlhelpers.simulator.vocabulary as vocabulary  # the module itself, not the package face
 from tlhelpers.simulator.palette import PALETTE
 from tlhelpers.simulator.report import describe_flow
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from tlhelpers.simulator import vocabulary
+import tlhelpers.simulator.vocabulary as vocabulary  # the module itself, not the package face
 from tlhelpers.simulator.blocks import Block, Layout
 from tlhelpers.simulator.report import Cost
 

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
-from tlhelpers.simulator import vocabulary
+import tlhelpers.simulator.vocabulary as vocabulary  # the module itself, not the package face
 
 #: Scenario switch names -> FreezeSim state keys (from the vocabulary).
 SWITCHES = {short: key for key, short, _ in vocabulary.SWITCHES}
