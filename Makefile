@@ -12,7 +12,7 @@ ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 # Without this, OpenMP threads spin and torch slows down badly on a busy 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup lab test unit notebooks bench simulator book lock clean
+.PHONY: setup lab lint test unit notebooks bench simulator book lock clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -31,20 +31,24 @@ lab: setup  ## open the course in JupyterLab
 # setup, before them, is the one step that needs the package registry.
 # nbval runs each numbered notebook with its exercise solutions in place (scripts/answer_keys.py
 # writes those merged copies to test-artifacts/answer-keys/), so every solution runs in CI too.
-# The node packages the browser tests use (axe-core, package-lock.json), from npm like the Python ones
-# from PyPI; without npm the accessibility tests skip (and fail under CI).
+# The node packages the tests use (axe-core, ESLint; package-lock.json), from npm like the Python ones
+# from PyPI; without npm the accessibility tests skip and the JavaScript is not linted (both fail under CI).
 NODE_STAMP := node_modules/.installed
 $(NODE_STAMP): package.json package-lock.json
 	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: the accessibility tests will skip (install Debian's nodejs)"; fi
 
-test: setup $(NODE_STAMP)  ## the whole suite, offline: unit tests, browser tests (axe-core included), every notebook (solutions included) through nbval
+lint: setup $(NODE_STAMP)  ## ruff over the Python, ESLint over the simulator's and the website's JavaScript
+	$(VENV)/bin/ruff check tlhelpers tests scripts benchmarks
+	@if [ -x node_modules/.bin/eslint ]; then node_modules/.bin/eslint tlhelpers/simulator/static scripts/book_static; \
+	else echo "ESLint is not installed (npm ci): the JavaScript was not linted"; [ -z "$$CI" ]; fi
+
+test: setup $(NODE_STAMP) lint  ## the whole suite, offline: lint, unit tests, browser tests (axe-core included), every notebook (solutions included) through nbval
 	rm -rf test-artifacts/answer-keys
 	$(PY) scripts/answer_keys.py --out test-artifacts/answer-keys >/dev/null
 	scripts/offline $(PY) -m pytest tests notebooks/simulator.ipynb test-artifacts/answer-keys --nbval-lax --nbval-current-env -p no:cacheprovider --durations=30
 
-unit: setup  ## lint (ruff) and the package's unit tests (fast), offline
-	$(VENV)/bin/ruff check tlhelpers tests scripts benchmarks
+unit: setup lint  ## lint (ruff, ESLint) and the package's unit tests (fast), offline
 	scripts/offline $(PY) -m pytest tests --ignore=tests/ui --ignore=tests/series --ignore=tests/distributed -p no:cacheprovider
 
 notebooks: setup  ## re-execute every notebook in place so stored outputs match the code

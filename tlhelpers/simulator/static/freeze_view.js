@@ -177,7 +177,7 @@ export function scenarioWith(base, order, frozen, switches) {
 }
 
 /** The presets: which blocks stay frozen and which switches change. */
-export function preset(kind, order, head, k = 3, headParams = true) {
+export function preset(kind, order, head, k = 3) {
   const allBut = (keep) => order.filter((b) => !keep.includes(b));
   const beforeHead = order.filter((b) => b !== head);
   switch (kind) {
