@@ -66,3 +66,12 @@ def test_install_attaches_the_text_to_every_displayed_figure():
     data, metadata = shell.display_formatter.format(fig)
     assert data["image/png"] == b"PNG"                 # the backend's image, untouched
     assert metadata["image/png"]["alt"] == "Figure. a title: a line chart."
+
+
+def test_text_written_on_the_figure_is_read_too():
+    fig, ax = plt.subplots()
+    ax.bar(["a"], [1.0])
+    fig.text(0.01, 0.99, "Freeze simulator · mobilenet_v2")
+    fig.text(0.01, 0.95, "Gradients flow through classifier and stop at head_conv")
+    assert figure_text.describe(fig) == ("Figure. Freeze simulator · mobilenet_v2. Gradients flow through classifier "
+                                         "and stop at head_conv. A bar chart (1 bar).")

@@ -43,7 +43,7 @@ def _panel(ax: Axes) -> str:
     if ax.images:
         kind = "an image" if len(ax.images) == 1 else f"{len(ax.images)} images"
     elif bars:
-        kind = f"a bar chart ({bars} bars)"
+        kind = f"a bar chart ({bars} bar{'s' if bars != 1 else ''})"
     elif lines:
         kind = "a line chart" if len(lines) == 1 else f"a line chart ({len(lines)} lines)"
     elif ax.collections:
@@ -70,6 +70,11 @@ def describe(figure: Figure) -> str:
     panels = [ax for ax in figure.axes if ax.get_visible() and not _is_colorbar(ax)]
     suptitle = _text(figure._suptitle.get_text()) if figure._suptitle is not None else ""
     head = f"Figure: {suptitle}." if suptitle else "Figure."
+    # text written on the figure itself (fig.text: a title line, a sentence under it)
+    written = [_text(t.get_text()).rstrip(".") for t in figure.texts
+               if t is not figure._suptitle and t.get_text().strip()]
+    if written:
+        head += " " + ". ".join(written) + "."
     if not panels:
         return head
     images_only = [ax for ax in panels if ax.images and not ax.get_xlabel() and not ax.get_ylabel()]

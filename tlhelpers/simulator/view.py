@@ -362,8 +362,10 @@ class FreezeView(anywidget.AnyWidget):
         if bundle is None:
             return None
         data, metadata = bundle
-        from tlhelpers.simulator.figure import snapshot_png
+        from tlhelpers import figure_text
+        from tlhelpers.simulator.figure import snapshot_figure, to_png
 
-        png = snapshot_png(self.sim, arch=self.arch, note=self.weights_note)
-        data["image/png"] = base64.b64encode(png).decode()
+        figure = snapshot_figure(self.sim, self.arch, self.weights_note)
+        data["image/png"] = base64.b64encode(to_png(figure)).decode()
+        metadata = {**(metadata or {}), "image/png": {"alt": figure_text.describe(figure)}}
         return data, metadata
