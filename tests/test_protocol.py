@@ -369,3 +369,14 @@ def _with(weights):
         for p, w in zip(model.parameters(), weights, strict=True):
             p.copy_(w)
     return model
+
+
+def test_grid_search_keeps_every_rate_and_best_of_picks_as_choose_does(splits):
+    budget = protocol.Budget(max_steps=10, batch_size=16, eval_every=5, patience=None, lrs=(1e-1, 1e-2, 1e-3),
+                             max_extend=1)
+    every = protocol.grid_search(_linear(), splits.train, splits.val, budget, seed=2)
+    assert list(every) == sorted(every, reverse=True) and {1e-1, 1e-2, 1e-3} <= set(every)
+    model, run = protocol.best_of(every)
+    _, chosen = protocol.choose(_linear(), splits.train, splits.val, budget, seed=2)
+    assert (run.lr, run.val_acc, run.tried, run.at_bound) == (chosen.lr, chosen.val_acc, chosen.tried, chosen.at_bound)
+    assert model is every[run.lr][0]

@@ -434,17 +434,15 @@ def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Datas
                batch_size=min(budget.batch_size, n), stopped_early=stopped, max_steps=cap)
 
 
-def choose(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Dataset, val_set: Dataset,
-           budget: Budget, *, seed: int = 0, **train_kwargs) -> tuple[nn.Module, Run]:
-    """Train one contender at every rate of ``budget.lrs``, growing the grid past a winning edge;
-    keep the best on validation.
+def grid_search(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Dataset, val_set: Dataset,
+                budget: Budget, *, seed: int = 0, **train_kwargs) -> dict[float, tuple[nn.Module, Run]]:
+    """Train one contender at every rate of ``budget.lrs``, growing the grid past a winning edge:
+    ``{lr: (model, Run)}`` for every rate tried, largest first (what :func:`choose` picks from).
 
     ``build()`` returns a fresh ``(model, params)``; it is called after seeding with ``seed``
     for every rate, so each rate starts from the same weights. When the best rate is the largest
     or the smallest tried, the next rate past that edge (the grid's own ratio) is tried too, up to
-    ``budget.max_extend`` rates per side; a choice still at the edge then is marked
-    ``Run.at_bound``. Ties go to the larger rate. Returns the chosen model and its :class:`Run`,
-    whose ``tried`` maps every rate tried to its validation accuracy.
+    ``budget.max_extend`` rates per side.
     """
     if len(budget.lrs) < MIN_RATES:
         raise ValueError(f"choose needs a grid of at least {MIN_RATES} log-spaced rates, got {budget.lrs!r}: "
@@ -461,12 +459,8 @@ def choose(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Dataset, 
     for lr in sorted(budget.lrs, reverse=True):
         attempt(lr)
     grown = {"up": 0, "down": 0}
-
-    def best_rate() -> float:       # largest rate first, so a tie keeps the larger
-        return max(sorted(results, reverse=True), key=lambda lr: results[lr][1].val_acc)
-
     while True:
-        lr = best_rate()
+        lr = _best_rate(results)
         if lr == max(results) and grown["up"] < budget.max_extend:
             grown["up"] += 1
             attempt(max(results) * ratio)
@@ -475,11 +469,34 @@ def choose(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Dataset, 
             attempt(min(results) / ratio)
         else:
             break
-    lr = best_rate()
+    return {lr: results[lr] for lr in sorted(results, reverse=True)}
+
+
+def _best_rate(results: Mapping[float, tuple[nn.Module, Run]]) -> float:
+    """The rate with the best validation accuracy; a tie keeps the larger rate."""
+    return max(sorted(results, reverse=True), key=lambda lr: results[lr][1].val_acc)
+
+
+def best_of(results: Mapping[float, tuple[nn.Module, Run]]) -> tuple[nn.Module, Run]:
+    """The (model, Run) of :func:`grid_search` with the best validation accuracy, its Run holding
+    every rate tried (``tried``) and whether the choice sits at the edge of that grid (``at_bound``)."""
+    lr = _best_rate(results)
     model, run = results[lr]
     run.tried = {rate: results[rate][1].val_acc for rate in sorted(results, reverse=True)}
     run.at_bound = lr in (max(results), min(results))
     return model, run
+
+
+def choose(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Dataset, val_set: Dataset,
+           budget: Budget, *, seed: int = 0, **train_kwargs) -> tuple[nn.Module, Run]:
+    """Train one contender at every rate of ``budget.lrs``, growing the grid past a winning edge;
+    keep the best on validation (:func:`grid_search`, then :func:`best_of`).
+
+    A choice still at the edge once the grid may grow no more is marked ``Run.at_bound``. Ties go
+    to the larger rate. Returns the chosen model and its :class:`Run`, whose ``tried`` maps every
+    rate tried to its validation accuracy.
+    """
+    return best_of(grid_search(build, train_set, val_set, budget, seed=seed, **train_kwargs))
 
 
 def contest(contenders: Mapping[str, Callable[[], tuple[nn.Module, Iterable]]], splits: Splits | None = None,
