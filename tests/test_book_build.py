@@ -240,6 +240,46 @@ def test_run_time_comes_from_the_notebook_metadata_or_is_said_to_be_missing() ->
 
 # ----------------------------------------------------------------------------- accessibility
 
+class Images(HTMLParser):
+    """Every <img> of a page: its alt text (None when it has none) and whether it is a cell output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[tuple[str | None, bool]] = []
+        self._output_depth: list[bool] = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "div":
+            self._output_depth.append("jp-RenderedImage" in (attributes.get("class") or ""))
+        if tag == "img":
+            self.images.append((attributes.get("alt"), any(self._output_depth)))
+
+    def handle_endtag(self, tag):
+        if tag == "div" and self._output_depth:
+            self._output_depth.pop()
+
+
+#: What nbconvert writes when an output carries no description: a screen reader learns nothing.
+GENERIC_ALT = "No description has been provided for this image"
+
+
+def test_every_figure_says_what_it_shows(site: Path) -> None:
+    """Each figure a notebook drew carries alternative text made from the figure itself
+    (tlhelpers.figure_text, stored by make notebooks); each figure a markdown cell shows has its own."""
+    missing, outputs = [], 0
+    for page in sorted(site.glob("*.html")):
+        parser = Images()
+        parser.feed(page.read_text(encoding="utf-8"))
+        for alt, is_output in parser.images:
+            outputs += is_output
+            if not alt or alt.strip() == GENERIC_ALT or (is_output and not alt.startswith("Figure")):
+                missing.append(f"{page.name}: {alt!r}")
+    assert outputs >= 20, f"the course draws figures; found {outputs}"
+    assert not missing, ("figures without a description (run `make notebooks` so each figure stores its "
+                         f"alt text): {missing[:8]}")
+
+
 def _luminance(colour: str) -> float:
     colour = colour.lstrip("#")
     if len(colour) == 3:
