@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,12 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+
+
+#: A notebook whose exercises check themselves imports ``from tlhelpers.exercises import nbNN``.
+CHECKS = re.compile(r"from tlhelpers\.exercises import (nb\d\d)\b")
+#: The tag of the cell :func:`merge` appends to run ``tlhelpers.exercises.verify`` (never in either file).
+VERIFY = "verify-exercises"
 
 
 def tags(cell) -> list[str]:
@@ -59,9 +66,11 @@ def _question(notebook, index: int) -> str:
     return "\n".join(lines[start:]).strip()
 
 
-def merge(learner, solutions):
+def merge(learner, solutions, verify: bool = True):
     """``learner`` with each solution cell of ``solutions`` inserted right after its exercise cell.
 
+    With ``verify`` (what runs: ``make notebooks``, nbval), a last cell per exercise-check module
+    asserts that each scaffold said "Not yet" and each solution "Right" (``tlhelpers.exercises.verify``).
     Raises ValueError naming the cell when a solution points at no exercise, or an exercise has no
     solution or several: the two files must be edited together.
     """
@@ -86,21 +95,25 @@ def merge(learner, solutions):
             cells.append(copy.deepcopy(solution))
     if by_exercise:
         raise ValueError(f"solutions name exercises the notebook does not have: {sorted(by_exercise)}")
+    checks = sorted(set(CHECKS.findall("\n".join(cell.source for cell in cells if cell.cell_type == "code"))))
+    for module in checks if verify else []:       # CI: every scaffold said "Not yet", every solution "Right" (tlhelpers.exercises)
+        cells.append(nbformat.v4.new_code_cell(f"from tlhelpers import exercises\nprint(exercises.verify({module!r}))",
+                                               metadata={"tags": [VERIFY]}))
     notebook.cells = cells
     return notebook
 
 
-def merged(learner: Path):
+def merged(learner: Path, verify: bool = True):
     """The notebook at ``learner`` with its solutions in place (as is when it has no answer key)."""
     notebook = nbformat.read(learner, as_version=4)
     key = solutions_path(learner)
-    return merge(notebook, nbformat.read(key, as_version=4)) if key.exists() else notebook
+    return merge(notebook, nbformat.read(key, as_version=4), verify) if key.exists() else notebook
 
 
 def split(notebook, learner_name: str):
     """A merged ``notebook`` -> (the learner's notebook, its answer key or None when it has no exercise)."""
     learner = copy.deepcopy(notebook)
-    learner.cells = [cell for cell in notebook.cells if "solution" not in tags(cell)]
+    learner.cells = [cell for cell in notebook.cells if not {"solution", VERIFY} & set(tags(cell))]
     pairs = []
     for index, cell in enumerate(notebook.cells):
         if "solution" in tags(cell):

@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"checkpoints"},
     {"training"},
     {"plots", "corruptions", "lora", "similarity", "protocol", "bundle"},
-    {"simulator", "finetune", "predict"},
+    {"simulator", "finetune", "predict", "exercises"},
 ]
 
 

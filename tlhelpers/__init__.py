@@ -22,7 +22,8 @@ Modules, bottom to top; each imports only modules of lower layers (tests/test_la
    ``bundle`` (export a model as a folder torch or onnxruntime alone can serve).
 9. ``simulator``: the freeze-toggle simulator (``FreezeSim``, pure PyTorch, and its widget);
    ``finetune``: the command-line job, one process or under ``torchrun``; ``predict``: top-k for
-   image files from a bundle.
+   image files from a bundle; ``exercises``: the notebooks' exercise checks (``nb03.q2(...)`` says
+   "Right" or "Not yet" with a hint).
 """
 
 __version__ = "0.3.0"
