@@ -12,7 +12,7 @@ exercises (scripts/answer_keys.py); a write stores the outputs back into both fi
 run time into the notebook's metadata (each figure's output gets alternative text, see
 ``ALT_TEXT``): ``course.run_seconds`` for the whole notebook (read by
 make book) and ``course.main_story_seconds`` for the cells a learner runs before the first
-"## Going further: ..." or "## Appendix" heading, solutions excluded. ``--set
+"## Going further: ...", "## Appendix" or "## Sources" heading, solutions excluded. ``--set
 NAME=VALUE`` (VALUE is a Python literal) adds a cell right after the tagged ``parameters`` cell
 that assigns it, as papermill does; such a run is only a check and never writes the notebook.
 The wall time of each notebook is printed; a failing cell stops that notebook, leaves the file
@@ -96,9 +96,9 @@ def printed(notebook) -> str:
 
 
 def is_optional(cell) -> bool:
-    """A "## Going further: ..." or "## Appendix" heading: the main story ends before it."""
+    """A "## Going further: ...", "## Appendix" or "## Sources" heading: the main story ends before it."""
     first = next((line.strip() for line in cell.source.splitlines() if line.strip()), "")
-    return cell.cell_type == "markdown" and bool(re.match(r"##\s+(Going further:|Appendix\b)", first))
+    return cell.cell_type == "markdown" and bool(re.match(r"##\s+(Going further:|Appendix\b|Sources\b)", first))
 
 
 def main_story_seconds(notebook) -> float:

@@ -217,16 +217,16 @@ def test_no_sentence_the_course_once_got_wrong(notebook):
 
 
 def test_ends_with_summary(notebook):
-    """The last section is ## Summary; only ## Going further: ... deep dives and an ## Appendix may follow it."""
+    """The last section is ## Summary; only ## Going further: ... deep dives, an ## Appendix and ## Sources may follow it."""
     path, nb = notebook
     sections = [heading(cell) for cell in nb.cells if cell.cell_type == "markdown"
                 and re.match(r"##\s", heading(cell))]
     assert sections, f"{path.name} has no ## sections"
-    while len(sections) > 1 and re.match(r"##\s+(Appendix|Going further:)", sections[-1]):
+    while len(sections) > 1 and re.match(r"##\s+(Appendix|Going further:|Sources\b)", sections[-1]):
         sections = sections[:-1]
     assert re.match(r"##\s+Summary\b", sections[-1]), \
         (f"{path.name}: the last section must be '## Summary' (only '## Going further: ...' deep dives and "
-         "an '## Appendix' may follow it)")
+         "an '## Appendix' and '## Sources' may follow it)")
 
 
 #: A learner reads and runs a notebook's main story (everything before the first "## Going
@@ -236,9 +236,9 @@ MAIN_STORY_CHARACTERS = 45_000
 
 
 def main_story(nb) -> list:
-    """The cells before the first optional section (## Going further: ... / ## Appendix)."""
+    """The cells before the first optional section (## Going further: ... / ## Appendix / ## Sources)."""
     for index, cell in enumerate(nb.cells):
-        if cell.cell_type == "markdown" and re.match(r"##\s+(Going further:|Appendix\b)", heading(cell)):
+        if cell.cell_type == "markdown" and re.match(r"##\s+(Going further:|Appendix\b|Sources\b)", heading(cell)):
             return nb.cells[:index]
     return list(nb.cells)
 
