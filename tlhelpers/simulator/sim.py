@@ -15,6 +15,11 @@ gradient (torchvision builds the same models with ``aux_logits=False``).
 What a step costs (backward FLOPs, activations saved for backward) is measured once per block
 and per case (see :mod:`tlhelpers.simulator.costs`), after which every configuration's cost is
 a sum: toggling blocks never re-measures anything.
+
+The class is split along its seams: configuration (frozen blocks, switches, what trains) in
+:mod:`~tlhelpers.simulator.configuration`, cost measurements in
+:mod:`~tlhelpers.simulator.measuring`, saved scenarios in :mod:`~tlhelpers.simulator.saving`;
+construction and stepping here.
 """
 
 from __future__ import annotations
@@ -41,17 +46,14 @@ from tlhelpers.simulator.blocks import (
     ordered,
     resolve_blocks,
 )
+from tlhelpers.simulator.configuration import Configuration
 from tlhelpers.simulator.costs import CostTable
-from tlhelpers.simulator.measure import measure_cases, measure_cost, untouched
+from tlhelpers.simulator.measuring import Measuring, total_norm
 from tlhelpers.simulator.report import BlockReport, Cost, StepReport
-
-OPTIMIZERS = {"sgd": 0.01, "adam": 0.001}  # name -> default learning rate
-STATE_KEYS = ("frozen", "seed", "bn_train_when_frozen", "stale_gradients", "train_norm_affine",
-              "optimizer", "lr", "momentum")
-#: Auxiliary classifiers torchvision models compute in train mode, beside the main output.
+from tlhelpers.simulator.saving import Saving
 
 
-class FreezeSim:
+class FreezeSim(Configuration, Measuring, Saving):
     """A real network, split into blocks you can freeze, stepping on a small real batch.
 
     Parameters
@@ -138,235 +140,36 @@ class FreezeSim:
         self._table_shape: tuple | None = None
         self.history: list[StepReport] = []
 
-    # ------------------------------------------------------------------ configuration
 
-    @property
-    def block_names(self) -> list[str]:
-        """Block names, in the order the forward pass uses them (input to output)."""
-        return list(self.blocks)
 
-    @property
-    def frozen(self) -> set[str]:
-        """Names of the frozen blocks (a copy; change it with :meth:`set_frozen`)."""
-        return set(self._frozen)
 
-    @property
-    def seed(self) -> int:
-        return self._seed
 
-    @property
-    def bn_train_when_frozen(self) -> bool:
-        """Teaching switch: frozen BatchNorm layers stay in train mode (their statistics drift)."""
-        return self._bn_train_when_frozen
 
-    @bn_train_when_frozen.setter
-    def bn_train_when_frozen(self, value: bool) -> None:
-        self._bn_train_when_frozen = bool(value)
 
-    @property
-    def stale_gradients(self) -> bool:
-        """Teaching switch: optimizer over all parameters, ``zero_grad(set_to_none=False)``."""
-        return self._stale_gradients
 
-    @stale_gradients.setter
-    def stale_gradients(self, value: bool) -> None:
-        self._stale_gradients = bool(value)
 
-    @property
-    def train_norm_affine(self) -> bool:
-        """Switch: frozen blocks still train their normalisation layers' scale and shift."""
-        return self._train_norm_affine
 
-    @train_norm_affine.setter
-    def train_norm_affine(self, value: bool) -> None:
-        self._train_norm_affine = bool(value)
-        self._apply_trainability()
 
-    @property
-    def step_count(self) -> int:
-        """Steps taken since the start or the last :meth:`reset`."""
-        return len(self.history)
 
-    @property
-    def head_block(self) -> str:
-        """The block that holds the classification head (the last block if none is found)."""
-        try:
-            head_name, _ = models.find_head(self.model)
-        except models.HeadNotFoundError:
-            return self.block_names[-1]
-        weight = f"{head_name}.weight"
-        return next((b.name for b in self._resolved if weight in b.parameters), self.block_names[-1])
 
-    def set_frozen(self, name: str, frozen: bool) -> None:
-        """Freeze (``requires_grad=False``) or unfreeze every parameter of block ``name``."""
-        self._check_blocks([name])
-        (self._frozen.add if frozen else self._frozen.discard)(name)
-        self._apply_trainability()
 
-    def block_parameters(self, name: str) -> dict[str, nn.Parameter]:
-        """The parameters block ``name`` owns, by qualified name."""
-        self._check_blocks([name])
-        named = dict(self.model.named_parameters())
-        return {p: named[p] for p in self._blocks[name].parameters}
 
-    def norm_parameter_names(self, name: str) -> tuple[str, ...]:
-        """The block's normalisation scale and shift parameters (what ``train_norm_affine`` trains)."""
-        self._check_blocks([name])
-        return self._norm_params[name]
 
-    def has_batchnorm(self, name: str) -> bool:
-        """Whether the block holds BatchNorm layers with running statistics."""
-        self._check_blocks([name])
-        return self._bn_blocks[name]
 
-    def states_for(self, frozen, bn_train_when_frozen: bool | None = None,
-                   train_norm_affine: bool | None = None) -> dict[str, str]:
-        """Each block's state in a configuration (switches left out: the current ones).
 
-        ``"t"`` trainable, ``"f"`` frozen, ``"d"`` frozen with BatchNorm drifting (train mode),
-        ``"a"`` frozen but its normalisation scale and shift train (see ``train_norm_affine``).
-        """
-        frozen = set(frozen)
-        self._check_blocks(list(frozen))
-        bn = self._bn_train_when_frozen if bn_train_when_frozen is None else bn_train_when_frozen
-        affine = self._train_norm_affine if train_norm_affine is None else train_norm_affine
-        states = {}
-        for name in self.blocks:
-            if name not in frozen:
-                states[name] = "t"
-            elif affine and self._norm_params[name]:
-                states[name] = "a"
-            elif bn and self._bn_blocks[name]:
-                states[name] = "d"
-            else:
-                states[name] = "f"
-        return states
 
-    def block_state(self, name: str) -> str:
-        """This block's state now (see :meth:`states_for`)."""
-        return self.block_states()[name]
 
-    def block_states(self) -> dict[str, str]:
-        return self.states_for(self._frozen)
 
-    def frozen_states(self) -> dict[str, str]:
-        """The state each block would have if frozen, under the current switches."""
-        return self.states_for(self.blocks)
 
-    def trainable_params(self, states: dict[str, str] | None = None) -> int:
-        """Scalar parameters that get gradients now (or in ``states``)."""
-        if states is None:
-            return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        return sum(p.numel() for _, p in self._trainable_in(states))
 
-    def training_memory(self, states: dict[str, str] | None = None) -> dict[str, int]:
-        """Bytes training needs beyond the model: activations saved for backward (summed per
-        block), one gradient per trainable parameter, and the optimizer's state for them.
 
-        Left out: short-lived buffers inside the forward and backward pass (see
-        ``benchmarks/README.md`` for how far a step's measured peak goes above this).
-        """
-        states = self.block_states() if states is None else states
-        gradients = sum(p.numel() * p.element_size() for _, p in self._trainable_in(states))
-        return {"activations": self.cost(states).saved_activation_bytes,
-                "gradients": gradients, "optimizer": self.optimizer_slots() * gradients}
 
-    def _trainable_in(self, states: dict[str, str]) -> list[tuple[str, nn.Parameter]]:
-        named = dict(self.model.named_parameters())
-        chosen = []
-        for name, state in states.items():
-            if state == "t":
-                names = self._blocks[name].parameters
-            else:
-                names = self._norm_params[name] if state == "a" else ()
-            chosen.extend((p, named[p]) for p in names)
-        return chosen
 
-    def total_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
-    def optimizer_slots(self) -> int:
-        """Tensors of optimizer state per trainable parameter: SGD with momentum 1, without 0; Adam 2."""
-        if self.optimizer_name == "adam":
-            return 2
-        return 1 if self.momentum else 0
 
-    # ------------------------------------------------------------------ measuring
 
-    def cost_table(self, states: Mapping[str, str] | None = None) -> CostTable:
-        """Per-block measurements for the current input shape: every case any configuration
-        can reach under the current switches (or, given ``states``, at least that configuration's
-        cases), measured on first use."""
-        shape = tuple(self.images.shape)
-        if self._table is None or self._table_shape != shape:
-            blocks = [tuple(s.blocks) for s in self.layout.segments]
-            self._table = CostTable(self.layout.order, tuple(blocks),
-                                    frozenset(b for b in self.blocks if self._blocks[b].is_parameter_block))
-            self._table_shape = shape
-        passes = self._table.missing(self.frozen_states())
-        if states is not None:
-            passes += self._table.missing_for(states)
-        if passes:
-            measured = measure_cases(self.model, lambda: self._loss(self.step_count + 1), self._blocks,
-                                     self.layout, passes, self._apply_states)
-            self._table.merge(measured)
-            self._apply_states(self.block_states())
-        return self._table
 
-    def needs_measuring(self) -> bool:
-        """Whether the next :meth:`cost` will first measure blocks (a new input shape or switch)."""
-        if self._table is None or self._table_shape != tuple(self.images.shape):
-            return True
-        return bool(self._table.missing(self.frozen_states()))
 
-    def cost(self, states: dict[str, str] | None = None) -> Cost:
-        """FLOPs, saved activations and gradient path of the current configuration (or of
-        ``states``, see :meth:`states_for`), summed from the per-block measurements."""
-        states = self.block_states() if states is None else states
-        return self.cost_table(states).cost(states)
-
-    def baseline(self) -> Cost:
-        """The same with every block trainable: what freezing is compared with."""
-        return self.cost_table().cost({name: "t" for name in self.blocks})
-
-    def measure_configuration(self) -> Cost:
-        """Measure the current configuration in one whole forward and backward pass (no sum).
-
-        Slower than :meth:`cost`, and independent of it: the tests and the benchmark compare
-        the two.
-        """
-        self._apply_states(self.block_states())
-        return measure_cost(self.model, lambda: self._loss(self.step_count + 1), self._blocks, self.layout)
-
-    def clear_measurements(self) -> None:
-        """Forget the per-block measurements: they are taken again on the next :meth:`cost` or
-        :meth:`step`, e.g. to time measuring in benchmarks."""
-        self._table = None
-
-    def relative_gradients(self) -> dict[str, float]:
-        """|g| / |w| per block for the next step, as if every block were trainable.
-
-        One full forward and backward pass on the current weights, with BatchNorm modes as the
-        current configuration sets them; nothing changes (no update, statistics restored).
-        This is the signal Auto-RGN (Lee et al. 2023, "Surgical fine-tuning") uses to pick the
-        blocks to fine-tune: the block whose weights would move most, relative to their size.
-        """
-        self._apply_states(self.block_states())
-        named = dict(self.model.named_parameters())
-        params = {name: [named[p] for p in block.parameters] for name, block in self._blocks.items()}
-        with untouched(self.model):
-            for group in params.values():
-                for p in group:
-                    p.requires_grad_(True)
-            loss = self._loss(self.step_count + 1)
-            flat = [p for group in params.values() for p in group]
-            grads = dict(zip(map(id, flat), torch.autograd.grad(loss, flat, allow_unused=True), strict=True))
-        result = {}
-        for name, group in params.items():
-            got = [grads[id(p)] for p in group if grads[id(p)] is not None]
-            weight = _norm([p.detach() for p in group])
-            result[name] = _norm(got) / weight if got and weight > 0 else 0.0
-        return result
 
     # ------------------------------------------------------------------ stepping
 
@@ -452,54 +255,6 @@ class FreezeSim:
         self._optimizer = None
         self.history = []
 
-    # ------------------------------------------------------------------ saved scenarios
-
-    def state(self) -> dict:
-        """The scenario as a JSON-serialisable dict: frozen blocks, seed, switches, optimizer."""
-        return {"frozen": [n for n in self.blocks if n in self._frozen], "seed": self._seed,
-                "bn_train_when_frozen": self._bn_train_when_frozen,
-                "stale_gradients": self._stale_gradients, "train_norm_affine": self._train_norm_affine,
-                "optimizer": self.optimizer_name, "lr": self.lr, "momentum": self.momentum}
-
-    def load_state(self, state: Mapping) -> FreezeSim:
-        """Apply a scenario saved by :meth:`state` (keys left out keep their value), then reset.
-
-        Everything is checked before anything changes: unknown keys raise ``ValueError``,
-        unknown block names ``KeyError``.
-        """
-        if not isinstance(state, Mapping):
-            raise TypeError("state must be a dict like FreezeSim.state() returns, "
-                            f"got {type(state).__name__}")
-        unknown = sorted(set(state) - set(STATE_KEYS))
-        if unknown:
-            raise ValueError(f"Unknown state keys {unknown}; valid keys: {', '.join(STATE_KEYS)}")
-        frozen = state.get("frozen", self.frozen)
-        if isinstance(frozen, str):
-            raise TypeError(f"state['frozen'] must be a list of block names, got the string {frozen!r}")
-        frozen = list(frozen)
-        self._check_blocks(frozen)
-        seed = self._check_seed(state.get("seed", self._seed))
-        optimizer = state.get("optimizer", self.optimizer_name)
-        lr = state.get("lr", self.lr if optimizer == self.optimizer_name else None)
-        self._set_optimizer_settings(optimizer, lr, state.get("momentum", self.momentum))
-        self._bn_train_when_frozen = bool(state.get("bn_train_when_frozen", self._bn_train_when_frozen))
-        self._stale_gradients = bool(state.get("stale_gradients", self._stale_gradients))
-        self._train_norm_affine = bool(state.get("train_norm_affine", self._train_norm_affine))
-        if seed != self._seed:
-            self._reseed(seed)
-        self._frozen = set(frozen)
-        self._apply_trainability()
-        self.reset()
-        return self
-
-    @classmethod
-    def from_state(cls, model: nn.Module, state: Mapping, **kwargs) -> FreezeSim:
-        """A new simulator for ``model`` set up as ``state`` describes (see :meth:`state`)."""
-        seed = kwargs.pop("seed", 0)
-        if isinstance(state, Mapping):
-            seed = state.get("seed", seed)
-        return cls(model, seed=seed, **kwargs).load_state(state)
-
     def __repr__(self) -> str:
         trainable = [n for n in self.blocks if n not in self._frozen]
         return (f"FreezeSim({type(self.model).__name__}, step {self.step_count}, "
@@ -520,53 +275,6 @@ class FreezeSim:
         self._norm_params = {name: norm_parameters(self.model, b) for name, b in self._blocks.items()}
         self._bn_layers = {name: block_batchnorms(self.model, b) for name, b in self._blocks.items()}
         self._bn_blocks = {name: bool(layers) for name, layers in self._bn_layers.items()}
-
-    def _check_blocks(self, names) -> None:
-        if isinstance(names, str):
-            names = [names]
-        unknown = [n for n in names if n not in self.blocks]
-        if unknown:
-            raise KeyError(f"Unknown block {', '.join(map(repr, unknown))}. "
-                           f"Valid blocks: {', '.join(self.blocks)}")
-
-    @staticmethod
-    def _check_seed(seed) -> int:
-        return integer(seed, "seed")
-
-    def _set_optimizer_settings(self, optimizer: str, lr: float | None, momentum: float) -> None:
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}, "
-                             f"got {optimizer!r}")
-        lr = OPTIMIZERS[optimizer] if lr is None else lr
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
-        self.optimizer_name, self.lr, self.momentum = optimizer, float(lr), float(momentum)
-        self._optimizer = None
-
-    def _apply_states(self, states: Mapping[str, str]) -> None:
-        """``requires_grad`` and train/eval modes for per-block ``states`` (one rule for the step
-        and for measuring): trainable blocks train everything; "a" blocks only their normalisation
-        scale and shift; frozen blocks nothing, their BatchNorm in eval mode unless state "d".
-        Parameters outside every block stay frozen."""
-        named = dict(self.model.named_parameters())
-        wanted: set[str] = set()
-        for name, state in states.items():
-            if state == "t":
-                wanted.update(self._blocks[name].parameters)
-            elif state == "a":
-                wanted.update(self._norm_params[name])
-        for pname, p in named.items():
-            p.requires_grad_(pname in wanted)
-        self.model.train()
-        for name, state in states.items():
-            if state == "f":
-                for layer in self._bn_layers[name]:
-                    layer.eval()
-
-    def _apply_trainability(self) -> None:
-        self._apply_states(self.block_states())
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -646,15 +354,15 @@ class FreezeSim:
                          if id(p) in before and not p.requires_grad]
         after = [m.running_mean for m in self._bn_layers[name] if m.training]
         drifts = [a - b for a, b in zip(after, bn_before, strict=True)]
-        weight = _norm([p.detach() for p in trainable])
+        weight = total_norm([p.detach() for p in trainable])
         return BlockReport(
             name=name, frozen=name in self._frozen, params=sum(p.numel() for p in params),
             trainable_params=sum(p.numel() for p in trainable),
-            grad_norm=_norm(grads) if grads else None,
-            weight_delta=_norm(deltas), pass_through=name in cost.pass_through,
-            bn_drift=_norm(drifts), state=self.block_state(name), frozen_delta=_norm(frozen_deltas),
-            distance=_norm([p.detach() - s for p, s in zip(params, start, strict=True)]),
-            relative_grad=_norm(grads) / weight if grads and weight > 0 else None,
+            grad_norm=total_norm(grads) if grads else None,
+            weight_delta=total_norm(deltas), pass_through=name in cost.pass_through,
+            bn_drift=total_norm(drifts), state=self.block_state(name), frozen_delta=total_norm(frozen_deltas),
+            distance=total_norm([p.detach() - s for p, s in zip(params, start, strict=True)]),
+            relative_grad=total_norm(grads) / weight if grads and weight > 0 else None,
         )
 
 
@@ -665,13 +373,6 @@ def _drop_aux_heads(model: nn.Module) -> None:
             setattr(model, name, None)
     if getattr(model, "aux_logits", False):
         model.aux_logits = False
-
-
-def _norm(tensors: list[torch.Tensor]) -> float:
-    """L2 norm of all elements of ``tensors`` together (0.0 for none)."""
-    if not tensors:
-        return 0.0
-    return float(torch.nn.utils.get_total_norm(tensors, norm_type=2.0))
 
 
 @contextlib.contextmanager
