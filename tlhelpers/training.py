@@ -183,6 +183,71 @@ def _improved(history: History, metric: str) -> bool:
     return values[-1] < best_before if metric.endswith("loss") else values[-1] > best_before
 
 
+def train_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+               loss_fn: Callable, scaler: torch.amp.GradScaler | None = None):
+    """One training step: ``zero_grad`` / forward / loss / ``backward`` / ``step``; returns
+    ``(total_loss, main_loss, logits)`` (see :func:`_loss_of` for models with auxiliary outputs).
+
+    The one step every trainer here takes (:func:`fit`, :func:`tlhelpers.protocol.train`): with a
+    ``scaler`` (float16 autocast on CUDA) the loss is scaled before ``backward`` and the step goes
+    through the scaler, which skips it when a gradient overflowed.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    enabled = scaler is not None and scaler.is_enabled()
+    with torch.autocast(device_type=inputs.device.type, dtype=torch.float16, enabled=enabled):
+        total_loss, main_loss, logits = _loss_of(model(inputs), labels, loss_fn)
+    if enabled:
+        scaler.scale(total_loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        total_loss.backward()
+        optimizer.step()
+    return total_loss, main_loss, logits
+
+
+def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+                 device: torch.device, scaler: torch.amp.GradScaler, batch_scheduler=None) -> tuple[float, float, float]:
+    """One pass over ``loader`` (a :func:`train_step` per batch, ``batch_scheduler.step()`` after each);
+    returns the loss sum, correct count and examples seen, summed over every process."""
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(device), labels.to(device)
+        _, main_loss, logits = train_step(model, inputs, labels, optimizer, loss_fn, scaler)
+        if batch_scheduler is not None:
+            batch_scheduler.step()
+        with torch.no_grad():
+            totals += torch.stack([main_loss.detach().double() * len(labels),
+                                   (logits.argmax(dim=1) == labels).sum().double(),
+                                   torch.tensor(float(len(labels)), dtype=torch.float64, device=device)])
+    loss_sum, correct, seen = _sum_across_processes(totals).tolist()
+    if seen == 0:
+        raise ValueError("train_loader produced no batches; check the dataset and batch size.")
+    return loss_sum, correct, seen
+
+
+def _resumed(checkpoint: Path, model: nn.Module, optimizer, scheduler, scaler,
+             train_loader: DataLoader) -> tuple[History, dict | None]:
+    """Load ``checkpoint`` into the model, optimizer, scheduler, scaler, data order and random state
+    (all or nothing); return its history and the best epoch's weights it kept."""
+    state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler=scaler,
+                            data_loader=train_loader, restore_rng=True)
+    history = History.from_dict(state["history"]) if state.get("history") else History()
+    return history, state.get("best_model")
+
+
+def _save_epoch(checkpoint: Path, model: nn.Module, optimizer, scheduler, history: History, scaler,
+                train_loader: DataLoader, best_state: dict | None, extra: dict | None, main: bool) -> None:
+    """Write the epoch's checkpoint from rank 0 (every rank joins the random-state gather and the barrier)."""
+    per_process = _gather_rng() if _distributed() else None  # a collective: every rank joins
+    if main:
+        save_checkpoint(checkpoint, model, optimizer, scheduler, history, scaler=scaler,
+                        data_loader=train_loader, best_model=best_state, rng_per_process=per_process,
+                        **(extra or {}))
+    if _distributed():
+        dist.barrier()
+
+
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None,
         optimizer: torch.optim.Optimizer, epochs: int, *, loss_fn: Callable | None = None,
         scheduler=None, scheduler_step: str = "epoch", device: str | torch.device | None = None,
@@ -235,13 +300,10 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     main = _is_main_process()
 
-    history, start, best_state = History(), 0, None
+    history, best_state = History(), None
     if checkpoint is not None and resume and checkpoint.exists():
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler=scaler,
-                                data_loader=train_loader, restore_rng=True)
-        history = History.from_dict(state["history"]) if state.get("history") else History()
-        best_state = state.get("best_model")
-        start = len(history)
+        history, best_state = _resumed(checkpoint, model, optimizer, scheduler, scaler, train_loader)
+    start = len(history)
 
     stopped = False
     epochs_bar = _progress(range(start, epochs), progress and main and epochs > start,
@@ -253,24 +315,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
         model.train()
         set_bn_policy(model, bn_policy)
         lrs = [group["lr"] for group in optimizer.param_groups]
-        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
-        for inputs, labels in train_loader:
-            inputs, labels = inputs.to(device), labels.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                total_loss, main_loss, logits = _loss_of(model(inputs), labels, loss_fn)
-            scaler.scale(total_loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if scheduler is not None and scheduler_step == "batch":
-                scheduler.step()
-            with torch.no_grad():
-                totals += torch.stack([main_loss.detach().double() * len(labels),
-                                       (logits.argmax(dim=1) == labels).sum().double(),
-                                       torch.tensor(float(len(labels)), dtype=torch.float64, device=device)])
-        loss_sum, correct, seen = _sum_across_processes(totals).tolist()
-        if seen == 0:
-            raise ValueError("train_loader produced no batches; check the dataset and batch size.")
+        loss_sum, correct, seen = _train_epoch(model, train_loader, optimizer, loss_fn, device, scaler,
+                                               scheduler if scheduler_step == "batch" else None)
         val_loss, val_acc = (_validate(model, val_loader, device, loss_fn) if val_loader is not None
                              else (None, None))
         if scheduler is not None and scheduler_step == "epoch":
@@ -287,13 +333,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
             epochs_bar.set_postfix(loss=f"{loss_sum / seen:.3f}",
                                    val_acc=f"{val_acc:.1%}" if val_acc is not None else "-")
         if checkpoint is not None:
-            per_process = _gather_rng() if _distributed() else None  # a collective: every rank joins
-            if main:
-                save_checkpoint(checkpoint, model, optimizer, scheduler, history, scaler=scaler,
-                                data_loader=train_loader, best_model=best_state, rng_per_process=per_process,
-                                **(checkpoint_extra or {}))
-            if _distributed():
-                dist.barrier()
+            _save_epoch(checkpoint, model, optimizer, scheduler, history, scaler, train_loader, best_state,
+                        checkpoint_extra, main)
         if patience is not None and len(history) - history.best_epoch(keep_best or "val_acc") >= patience:
             stopped = True
             break
