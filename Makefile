@@ -49,7 +49,7 @@ test: setup $(NODE_STAMP) lint  ## the whole suite, offline: lint, unit tests, b
 	scripts/offline $(PY) -m pytest tests notebooks/simulator.ipynb test-artifacts/answer-keys --nbval-lax --nbval-current-env -p no:cacheprovider --durations=30
 
 unit: setup lint  ## lint (ruff, ESLint) and the package's unit tests (fast), offline
-	scripts/offline $(PY) -m pytest tests --ignore=tests/ui --ignore=tests/series --ignore=tests/distributed -p no:cacheprovider
+	scripts/offline $(PY) -m pytest tests --ignore=tests/ui --ignore=tests/series --ignore=tests/distributed --ignore=tests/readme -p no:cacheprovider
 
 notebooks: setup  ## re-execute every notebook in place so stored outputs match the code
 	$(PY) scripts/run_notebooks.py
