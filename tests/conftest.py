@@ -17,6 +17,8 @@ Rules these fixtures enforce: real small models and real data; only the network 
   puts it there); ``mobilenet_v2`` is a fresh copy of it that a test may change; ``resnet18``
   is a seeded random ResNet-18; ``sample_photos`` the real photos from tlhelpers.data.
 * ``build_on_meta(name)`` builds any torchvision classifier on the meta device (shapes only).
+* ``digits``: (train, validation) scikit-learn digits as tensors (20 and 10 per class), from
+  ``tests/tiny.py``, which also holds the small CNN the training and checkpoint tests share.
 """
 
 from __future__ import annotations
@@ -243,6 +245,13 @@ def resnet18() -> torch.nn.Module:
     """A randomly initialised ResNet-18 (no weights needed), seeded."""
     torch.manual_seed(0)
     return torchvision.models.resnet18(weights=None)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from tiny import digits_tensors
+
+    return digits_tensors("train"), digits_tensors("val", per_class=10)
 
 
 @pytest.fixture(scope="session")

@@ -11,33 +11,10 @@ import pickle
 
 import pytest
 import torch
-import torchvision
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from tiny import small_cnn
+from torch.utils.data import DataLoader
 
-from tlhelpers import checkpoints, data, runtime, training
-
-
-def digits_tensors(split: str = "train", per_class: int | None = 20) -> TensorDataset:
-    """Real data, tiny: scikit-learn digits as 3x8x8 tensors."""
-    dataset = data.load_dataset("digits", split, per_class=per_class, seed=0,
-                                transform=torchvision.transforms.functional.pil_to_tensor)
-    images = torch.stack([image for image, _ in dataset]).float() / 255.0
-    return TensorDataset(images, torch.tensor(dataset.targets))
-
-
-def small_cnn(classes: int = 10, dropout: float = 0.3, seed: int = 0) -> nn.Module:
-    """A real (if small) CNN with BatchNorm and Dropout, so train/eval modes and RNG matter."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(), nn.Dropout(dropout), nn.Linear(32, classes),
-    )
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_tensors("train"), digits_tensors("val", per_class=10)
+from tlhelpers import checkpoints, runtime, training
 
 
 def sgd(model):  # momentum, so the optimizer state must be restored too
@@ -60,7 +37,7 @@ def run(digits, epochs, checkpoint=None, resume=False, seed=7, use_generator=Tru
     generator = runtime.seed_everything(seed)
     train, val = digits
     loader = DataLoader(train, batch_size=16, shuffle=True, generator=generator if use_generator else None)
-    model = small_cnn(seed=model_seed)
+    model = small_cnn(seed=model_seed, dropout=0.3)
     optimizer = sgd(model)
     sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7) if scheduler else None
     history = training.fit(model, loader, DataLoader(val, batch_size=32), optimizer, epochs,
@@ -98,7 +75,7 @@ def test_fit_refuses_to_overwrite_an_existing_checkpoint(digits, tmp_path):
     path = tmp_path / "run.pt"
     run(digits, 1, checkpoint=path)
     saved = path.read_bytes()
-    model = small_cnn()
+    model = small_cnn(dropout=0.3)
     before = state_of(model)
     loader = DataLoader(digits[0], batch_size=16)
     with pytest.raises(FileExistsError, match="resume=True.*overwrite=True.*another checkpoint path"):
@@ -114,7 +91,7 @@ def test_a_mismatched_optimizer_changes_nothing(digits, tmp_path):
     """Before: the weights were loaded, then the optimizer raised, leaving a half-restored run."""
     path = tmp_path / "run.pt"
     run(digits, 1, checkpoint=path)
-    model = small_cnn(seed=3)
+    model = small_cnn(seed=3, dropout=0.3)
     two_groups = torch.optim.SGD([{"params": list(model.parameters())[:2]},
                                   {"params": list(model.parameters())[2:]}], lr=0.1, momentum=0.9)
     adam = torch.optim.Adam(model.parameters())
@@ -131,7 +108,7 @@ def test_a_mismatched_optimizer_changes_nothing(digits, tmp_path):
 def test_a_mismatched_scheduler_or_missing_state_changes_nothing(digits, tmp_path):
     path = tmp_path / "run.pt"
     run(digits, 1, checkpoint=path)
-    model = small_cnn(seed=3)
+    model = small_cnn(seed=3, dropout=0.3)
     optimizer = sgd(model)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
     before = state_of(model)
@@ -143,7 +120,7 @@ def test_a_mismatched_scheduler_or_missing_state_changes_nothing(digits, tmp_pat
     no_optimizer = tmp_path / "weights-only.pt"
     checkpoints.save_checkpoint(no_optimizer, model)
     with pytest.raises(checkpoints.CheckpointMismatchError, match="no optimizer state"):
-        checkpoints.load_checkpoint(no_optimizer, small_cnn(seed=4), sgd(model))
+        checkpoints.load_checkpoint(no_optimizer, small_cnn(seed=4, dropout=0.3), sgd(model))
 
 
 def write_plain_state_dict(path, model):
@@ -179,10 +156,10 @@ def write_text(path, model):
     (write_text, "not readable as a checkpoint"),
 ], ids=["plain state_dict", "truncated", "arbitrary pickle", "text file"])
 def test_a_file_save_checkpoint_did_not_write_gets_a_clear_error(tmp_path, write, message):
-    model = small_cnn()
+    model = small_cnn(dropout=0.3)
     path = tmp_path / "foreign.pt"
     write(path, model)
-    target = small_cnn(seed=9)
+    target = small_cnn(seed=9, dropout=0.3)
     before = state_of(target)
     with pytest.raises(checkpoints.CheckpointError, match=message) as caught:
         checkpoints.load_checkpoint(path, target)
@@ -193,12 +170,12 @@ def test_a_file_save_checkpoint_did_not_write_gets_a_clear_error(tmp_path, write
 
 def test_a_missing_checkpoint_is_a_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="No checkpoint at"):
-        checkpoints.load_checkpoint(tmp_path / "nope.pt", small_cnn())
+        checkpoints.load_checkpoint(tmp_path / "nope.pt", small_cnn(dropout=0.3))
 
 
 def test_a_failed_save_leaves_no_partial_file_and_the_old_checkpoint(tmp_path, monkeypatch, files_under):
     path = tmp_path / "run.pt"
-    model = small_cnn()
+    model = small_cnn(dropout=0.3)
     checkpoints.save_checkpoint(path, model, classes=["a", "b"])
     saved = path.read_bytes()
 
@@ -222,7 +199,7 @@ def test_a_failed_save_leaves_no_partial_file_and_the_old_checkpoint(tmp_path, m
 
 def test_extras_must_not_reuse_checkpoint_keys(tmp_path):
     with pytest.raises(ValueError, match="rng are names the checkpoint itself uses"):
-        checkpoints.save_checkpoint(tmp_path / "x.pt", small_cnn(), rng="mine")
+        checkpoints.save_checkpoint(tmp_path / "x.pt", small_cnn(dropout=0.3), rng="mine")
     assert not (tmp_path / "x.pt").exists()
 
 

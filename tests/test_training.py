@@ -13,34 +13,13 @@ import warnings
 import pytest
 import torch
 import torchvision
+from tiny import small_cnn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tlhelpers import checkpoints, data, evaluation, freezing, models, runtime, training
 
 WEIGHTS = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
-
-
-def digits_tensors(split: str = "train", per_class: int | None = 20) -> TensorDataset:
-    """Real data, tiny: scikit-learn digits as flat 3x8x8 tensors."""
-    dataset = data.load_dataset("digits", split, per_class=per_class, seed=0,
-                                transform=torchvision.transforms.functional.pil_to_tensor)
-    images = torch.stack([image for image, _ in dataset]).float() / 255.0
-    return TensorDataset(images, torch.tensor(dataset.targets))
-
-
-def small_cnn(classes: int = 10, dropout: float = 0.1) -> nn.Module:
-    """A real (if small) CNN with BatchNorm and Dropout, so train/eval modes matter."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(), nn.Dropout(dropout), nn.Linear(32, classes),
-    )
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_tensors("train"), digits_tensors("val", per_class=10)
 
 
 @pytest.fixture(scope="module")
