@@ -33,7 +33,7 @@ def test_paired_interval_is_the_t_interval_of_the_per_seed_differences():
 
 def test_beat_only_when_the_interval_lies_above_zero():
     a = np.array([[1, 1, 1, 0], [1, 1, 0, 1], [1, 1, 1, 1]], dtype=float)
-    b = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 1]], dtype=float)
+    b = np.array([[1, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 1]], dtype=float)    # A - B per seed: +0.5, +0.75, +0.5
     win = compare.paired(a, b)
     assert win.verdict == "beat" and win.low > 0
     assert compare.verdict("A", a, "B", b).startswith("A beat B: +")
@@ -80,6 +80,86 @@ def test_against_a_baseline_counts_its_comparisons_and_widens_each_interval():
                          "so the 2 verdicts together hold at 95%")
     with pytest.raises(ValueError, match="baseline 'nope' is not among"):
         compare.against("nope", scores)
+
+
+def test_identical_predictions_on_every_seed_claim_no_precision():
+    """Both methods scored alike on every image of every seed: not separated, and no detectable gap
+    is claimed (a collapsed t-interval would say 0.0, as if any gap at all would have shown)."""
+    rng = np.random.default_rng(3)
+    a = (rng.random((3, 500)) < 0.8).astype(float)
+    same = compare.paired(a, a.copy())
+    assert same.verdict == "not separated" and np.isnan(same.detectable)   # was 0.0: "any gap would show"
+    assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0) and same.spread_from == "none"
+    assert str(same) == "+0.0 points [+0.0, +0.0: no spread seen], 3 seeds x 500 test images"
+    assert "cannot say what gap would have been separated" in same.could_detect()
+    sentence = same.sentence("A", "B")
+    assert sentence.startswith("A and B not separated: A - B = +0.0 points") and "cannot say what gap" in sentence
+    assert "a gap of about 0.0" not in sentence
+
+
+def _same_net_gain(rng, seeds: int, images: int, gained: int, lost: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every seed: A right on `gained` images B got wrong and wrong on `lost` B got right (other images alike)."""
+    a = (rng.random((seeds, images)) < 0.7).astype(float)
+    b = a.copy()
+    for s in range(seeds):
+        rows = rng.permutation(images)
+        a[s, rows[:gained]], b[s, rows[:gained]] = 1.0, 0.0
+        a[s, rows[gained:gained + lost]], b[s, rows[gained:gained + lost]] = 0.0, 1.0
+    return a, b
+
+
+def test_the_same_difference_on_every_seed_falls_back_to_the_spread_of_the_test_images():
+    """Every seed +2 points (6 images gained, 2 lost of 200): the seeds show no spread, so the interval
+    comes from the per-image differences pooled over seeds, and says so; it is not a point at +2.0."""
+    rng = np.random.default_rng(4)
+    a, b = _same_net_gain(rng, 3, 200, gained=6, lost=2)
+    result = compare.paired(a, b)
+    assert result.per_seed == pytest.approx((0.02, 0.02, 0.02))
+    assert result.low < 0.02 < result.high                            # was [+2.0, +2.0], a "beat"
+    assert result.spread_from == "test images"
+    d = a - b
+    se = np.sqrt(d.var(axis=1, ddof=1).mean() / d.size)
+    assert (result.low, result.high) == pytest.approx((0.02 - stats.t.ppf(0.975, 2) * se,
+                                                       0.02 + stats.t.ppf(0.975, 2) * se))
+    assert result.low < 0.02 < result.high and result.detectable > 0.02
+    assert result.verdict == "not separated"                         # 8 images moved of 600 decide nothing
+    assert "spread of the test images only" in str(result) and "at least" in result.could_detect()
+    # no net difference on any seed, yet images moved both ways: not separated, with a real detectable gap
+    even = compare.paired(*_same_net_gain(rng, 5, 300, gained=4, lost=4))
+    assert even.mean == 0 and even.verdict == "not separated" and even.spread_from == "test images"
+    assert even.low < 0 < even.high and 0 < even.detectable < 0.1
+    # many images gained on every seed: still a "beat", on the images' spread
+    big = compare.paired(*_same_net_gain(rng, 5, 500, gained=60, lost=10))
+    assert big.verdict == "beat" and big.spread_from == "test images" and big.low > 0
+
+
+def test_one_value_per_seed_that_never_varies_needs_a_sign_test():
+    """Timings A - B = -1.0 on every repeat: no spread to build an interval from; a verdict only when all
+    repeats on one side could not happen by chance (2 x 0.5^n below alpha: 6 repeats or more)."""
+    few = compare.paired([1.0, 2.0, 3.0, 4.0], [2.0, 3.0, 4.0, 5.0], higher_is_better=False, percent=False,
+                         unit="calls")
+    assert few.verdict == "not separated" and np.isnan(few.detectable)      # was "beat" on [-1, -1]
+    assert few.spread_from == "none"
+    assert str(few) == "-1 [-1, -1: no spread seen], 4 paired calls"
+    assert "every repeat gave the same difference" in few.could_detect()
+    many = compare.paired(np.arange(7.0), np.arange(7.0) + 1, higher_is_better=False, percent=False)
+    assert many.verdict == "beat" and compare.paired(np.arange(7.0) + 1, np.arange(7.0), higher_is_better=False,
+                                                     percent=False).verdict == "lost"
+    # Bonferroni over 4 comparisons: alpha 0.0125 needs 2 x 0.5^n < 0.0125, 8 repeats
+    assert compare.paired(np.arange(7.0) + 1, np.arange(7.0), comparisons=4).verdict == "not separated"
+    assert compare.paired(np.arange(8.0) + 1, np.arange(8.0), comparisons=4).verdict == "beat"
+
+
+def test_the_unit_names_what_each_seed_scored():
+    rng = np.random.default_rng(5)
+    a, b = (rng.random((3, 1200)) < 0.8).astype(float), (rng.random((3, 1200)) < 0.7).astype(float)
+    assert str(compare.paired(a, b, unit="shifted test images")).endswith(", 3 seeds x 1200 shifted test images")
+    spelled = compare.paired(a, b, unit="400 images x 3 shifts")
+    assert str(spelled) == f"{spelled.interval()}, 3 seeds x 400 images x 3 shifts"
+    assert compare.against("b", {"a": a, "b": b}, unit="400 images x 3 shifts")["a"].size() == \
+        "3 seeds x 400 images x 3 shifts"
+    with pytest.raises(ValueError, match=r"spells 400 x 2 = 800 items per seed, but the scores hold 1200"):
+        compare.paired(a, b, unit="400 images x 2 shifts")
 
 
 @pytest.mark.parametrize("a, b, message", [

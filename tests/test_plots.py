@@ -112,3 +112,57 @@ def test_long_bar_labels_wrap_instead_of_overlapping():
     boxes = [label.get_window_extent() for label in ax.get_xticklabels()]
     assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:], strict=False)), "neighbouring bar labels overlap"
     assert all("\n" in label.get_text() for label in ax.get_xticklabels()[1:])
+
+
+def test_bars_over_seeds_says_its_default_range_is_not_a_verdict():
+    doc = plots.bars_over_seeds.__doc__
+    assert "every seed above every seed" not in doc and "the spread a verdict has to beat" not in doc
+    assert "not** the test a verdict uses" in doc and "paired 95% interval" in doc
+    title = plots.bars_over_seeds({"a": [0.5, 0.7, 0.6]}).axes[0].get_title()
+    assert title == "mean over seeds; bar: worst to best seed; dots: each seed"        # the default, unchanged
+
+
+def test_bars_against_a_baseline_show_the_paired_interval_the_verdict_uses():
+    """Ranges overlap (probe 0.70-0.80, fine-tune 0.72-0.82), yet on each seed fine-tune is 2 points
+    higher: the paired interval clears 0, and the figure draws that interval, labelled."""
+    from tlhelpers import compare
+
+    probe = [0.70, 0.80, 0.75, 0.72]
+    results = {"probe": probe, "fine-tune": [p + d for p, d in zip(probe, (0.02, 0.025, 0.015, 0.02), strict=True)],
+               "scratch": [p - d for p, d in zip(probe, (0.10, 0.02, 0.15, 0.0), strict=True)]}
+    figure = plots.bars_over_seeds(results, ylabel="test accuracy", baseline="probe")
+    ax = figure.axes[0]
+    expected = compare.against("probe", {name: np.asarray(v) for name, v in results.items()})
+    assert [round(p.get_height(), 6) for p in ax.patches] == [round(expected[n].mean * 100, 6)
+                                                            for n in ("fine-tune", "scratch")]
+    bars = [c for c in ax.containers if hasattr(c, "has_yerr") and c.has_yerr]
+    assert len(bars) == 2
+    for container, name in zip(bars, ("fine-tune", "scratch"), strict=True):
+        segment = container.lines[2][0].get_segments()[0]
+        np.testing.assert_allclose(sorted(segment[:, 1]), [expected[name].low * 100, expected[name].high * 100])
+    labels = [label.get_text() for label in ax.get_xticklabels()]
+    assert labels == ["fine-tune\n(beat)", "scratch\n(not separated)"]
+    title = ax.get_title().replace("\n", " ")
+    assert "error bar: paired 95% interval, Bonferroni over 2 (each at 97.5%)" in title
+    assert "minus probe (points)" in ax.get_ylabel().replace("\n", " ")
+    low, high = ax.get_ylim()
+    assert low < expected["scratch"].low * 100 and high > expected["fine-tune"].high * 100 and high < 20  # zoomed
+    from matplotlib.collections import PathCollection
+    dots = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+    np.testing.assert_allclose(sorted(dots[:, 1]), sorted(100 * np.concatenate([expected[n].per_seed
+                                                                               for n in expected])))
+
+
+def test_paired_bars_take_the_intervals_a_table_printed():
+    from tlhelpers import compare
+
+    rng = np.random.default_rng(0)
+    scores = {"probe": (rng.random((3, 200)) < 0.6).astype(float), "LP-FT": (rng.random((3, 200)) < 0.8).astype(float)}
+    single = compare.against("probe", scores)
+    ax = plots.paired_bars(single, "probe").axes[0]
+    assert "error bar: paired 95% interval;" in ax.get_title().replace("\n", " ")
+    # per-image scores through bars_over_seeds give the same intervals, one seed gives no error bar
+    same = plots.bars_over_seeds(scores, baseline="probe").axes[0]
+    assert [p.get_height() for p in same.patches] == [p.get_height() for p in ax.patches]
+    one = plots.paired_bars({"LP-FT": compare.paired([[1.0, 0.0]], [[0.0, 0.0]])}, "probe").axes[0]
+    assert not [c for c in one.containers if getattr(c, "has_yerr", False)]

@@ -380,3 +380,93 @@ def test_grid_search_keeps_every_rate_and_best_of_picks_as_choose_does(splits):
     _, chosen = protocol.choose(_linear(), splits.train, splits.val, budget, seed=2)
     assert (run.lr, run.val_acc, run.tried, run.at_bound) == (chosen.lr, chosen.val_acc, chosen.tried, chosen.at_bound)
     assert model is every[run.lr][0]
+
+
+def test_when_no_rate_improves_on_the_start_the_grid_stops_and_says_so(splits, capsys):
+    """Rates far too small to move a linear model: every run keeps step 0. That tie says nothing about
+    where a better rate lies, so the grid is not grown (before, the tie went to the largest rate, an
+    edge, and the grid grew upward); the Run, its description, the note and the table say why."""
+    budget = protocol.Budget(max_steps=6, batch_size=16, eval_every=2, patience=2, lrs=(1e-9, 1e-10, 1e-11),
+                             max_extend=2)
+    model, run = protocol.choose(_linear(), splits.train, splits.val, budget, seed=0)
+    assert run.grid == pytest.approx((1e-9, 1e-10, 1e-11))            # not extended
+    assert run.best_step == 0 and run.no_rate_improved and not run.at_bound
+    assert "note: no rate improved on the start" in capsys.readouterr().out
+    assert "no rate improved on the start (the starting weights kept)" in run.describe()
+    assert protocol.evaluate(model, splits.val) == pytest.approx(run.val_acc)
+    import numpy as np
+    stuck = _result([(run, np.ones(10)), (run, np.zeros(10))])
+    text = protocol.table({"stuck": stuck})
+    assert "1e-09!" in text and "! on some seed no rate improved on the start" in text
+    # a grid where some rate learns is unaffected: no mark, no note
+    learns = protocol.Budget(max_steps=6, batch_size=16, eval_every=2, patience=2, lrs=(1e-1, 1e-2, 1e-3),
+                             max_extend=0)
+    _, run = protocol.choose(_linear(), splits.train, splits.val, learns, seed=0)
+    assert run.best_step > 0 and not run.no_rate_improved and "note:" not in capsys.readouterr().out
+
+
+def _three_seeds(rng, p, images=100, best_step=40):
+    return _result([(_run(best_step), (rng.random(images) < p).astype(float)) for _ in range(3)])
+
+
+def test_table_names_the_unit_each_seed_scored():
+    import numpy as np
+    rng = np.random.default_rng(2)
+    results = {"probe": _three_seeds(rng, 0.5, 1200), "fine-tune": _three_seeds(rng, 0.8, 1200)}
+    assert "3 seeds x 1200 test images" in protocol.table(results, baseline="probe")       # the default
+    assert "3 seeds x 1200 shifted test images" in protocol.table(results, baseline="probe",
+                                                                  unit="shifted test images")
+    text = protocol.table(results, baseline="probe", unit="400 images x 3 shifts")
+    assert "fine-tune beat probe: +" in text and text.rstrip().endswith("3 seeds x 400 images x 3 shifts")
+    assert protocol.compared(results, "probe", unit="400 images x 3 shifts")["fine-tune"].paired.size() == \
+        "3 seeds x 400 images x 3 shifts"
+    with pytest.raises(ValueError, match="spells 400 x 2 = 800 items per seed"):
+        protocol.table(results, baseline="probe", unit="400 images x 2 shifts")
+
+
+def test_compared_lines_are_the_same_words_and_carry_the_paired_interval():
+    import numpy as np
+
+    from tlhelpers import compare
+    rng = np.random.default_rng(3)
+    results = {"probe": _three_seeds(rng, 0.5), "fine-tune": _three_seeds(rng, 0.9),
+               "late": _three_seeds(rng, 0.9, best_step=100)}
+    lines = protocol.compared(results, "probe")
+    intervals = protocol.paired_against(results, "probe")
+    expected = compare.against("probe", {name: r.scores for name, r in results.items()})
+    assert list(intervals) == ["fine-tune", "late"] and all(isinstance(p, compare.Paired) for p in intervals.values())
+    assert intervals == expected
+    ft, late = lines["fine-tune"], lines["late"]
+    # the old string, unchanged: printed, concatenated, tested with startswith
+    assert isinstance(ft, str) and ft == expected["fine-tune"].sentence("fine-tune", "probe")
+    assert ("On test: " + ft).startswith("On test: fine-tune beat probe: +") and f"{ft}" == str(ft)
+    assert late.startswith("not comparable: late still improving at its cap on 3 of 3 seeds")
+    # and the numbers behind it, for a notebook that acts on them
+    assert ft.verdict == "beat" and ft.comparable and ft.paired is not None
+    assert (ft.mean, ft.low, ft.high) == (expected["fine-tune"].mean, expected["fine-tune"].low,
+                                          expected["fine-tune"].high) and ft.low > 0
+    assert ft.interval() == expected["fine-tune"].interval() and ft.detectable == expected["fine-tune"].detectable
+    assert late.verdict == "not comparable" and not late.comparable and late.paired.verdict == "beat"
+    import copy
+    import pickle
+    assert pickle.loads(pickle.dumps(ft)).verdict == "beat" and copy.deepcopy(late).verdict == "not comparable"
+    with pytest.raises(ValueError, match="baseline 'nope' is not in the table"):
+        protocol.paired_against(results, "nope")
+
+
+def test_contest_hands_back_each_chosen_model(splits):
+    budget = protocol.Budget(max_steps=10, batch_size=16, eval_every=5, patience=2, lrs=(1e-1, 1e-2, 1e-3),
+                             max_extend=0)
+    results = protocol.contest({"linear": _linear()}, splits, budget, seed=0)
+    run, scores = results["linear"]                                  # the old unpacking still works
+    assert results["linear"].run is run and results["linear"].scores is scores
+    model = results["linear"].model
+    assert isinstance(model, nn.Module) and not model.training
+    assert protocol.evaluate(model, splits.val) == pytest.approx(run.val_acc)      # the kept check's weights
+    assert protocol.scores(model, splits.test).tolist() == scores.tolist()
+    table = protocol.Result()
+    table.add(*results["linear"])                                    # and so does Result.add(*pair)
+    assert table.test == [float(scores.mean())]
+    import copy
+    again = copy.deepcopy(results["linear"])
+    assert again.run.lr == run.lr and isinstance(again.model, nn.Module)

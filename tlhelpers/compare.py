@@ -37,7 +37,28 @@ Why this procedure (:func:`paired`):
   "Not separated" then reads "smaller than about X points here", not "equal".
 
 One seed has no spread: :func:`paired` then returns an interval of NaNs and the verdict says one
-seed cannot decide. Scores are per test image (1.0 correct, 0.0 wrong) for accuracies; any other
+seed cannot decide.
+
+**When the seeds show no spread** (every seed's difference d_s is the same, for example all 0 because
+both methods made the same predictions, or every seed +0.2 points) the t-interval collapses to a
+point and its detectable gap to 0: it would claim a precision nobody measured. Three seeds agreeing
+exactly says the seed-to-seed noise was too small to show on this many test images, not that it is
+zero. :attr:`Paired.spread_from` says what the interval rests on instead:
+
+* ``"seeds"``: the usual case above.
+* ``"test images"``: the seeds agree, but the images within them do not (A gained some images and
+  lost others). The standard error then comes from the per-image differences, their variance pooled
+  over the seeds: sqrt(pooled variance / (seeds x images)), with the same n - 1 degrees of freedom.
+  That is the noise of drawing the test images alone, the smallest part of what a seed's
+  difference carries, so the interval is a floor, and its string says so.
+* ``"none"``: nothing varies at all: every test image of every seed gave the same difference (the
+  two methods scored alike on every image, or one value per seed that repeats exactly). No
+  interval can be computed: ``low`` and ``high`` are the one difference seen, ``detectable`` is
+  NaN and :meth:`Paired.could_detect` says it cannot say what gap would have been separated. The
+  verdict is "not separated" when that difference is 0; when it is not, the only statement left
+  that assumes nothing is a sign test over the seeds (all n on one side happens by chance with
+  probability 2 x 0.5^n): "beat"/"lost" only when that is below the (Bonferroni) alpha, so never
+  with fewer than 6 seeds. Scores are per test image (1.0 correct, 0.0 wrong) for accuracies; any other
 paired measurement works the same way as a (repeats, 1) array, such as timings taken in turns
 (pass ``higher_is_better=False`` and ``percent=False``). Imports nothing else from tlhelpers.
 """
@@ -45,6 +66,7 @@ paired measurement works the same way as a (repeats, 1) array, such as timings t
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -124,18 +146,30 @@ class Paired:
     higher_is_better: bool = True
     percent: bool = True
     unit: str = "test images"
+    spread_from: str = "seeds"    # what the interval rests on: "seeds", "test images" or "none" (module docstring)
 
     @property
     def seeds(self) -> int:
         return len(self.per_seed)
 
     @property
+    def _sign_test_separates(self) -> bool:
+        """No spread at all: every seed on one side happens by chance with probability 2 x 0.5^n."""
+        return self.mean != 0 and 2 * 0.5 ** self.seeds < 1 - self.confidence
+
+    @property
     def a_beat_b(self) -> bool:
         """The interval lies wholly on A's better side of 0."""
+        if self.spread_from == "none":
+            better = self.mean > 0 if self.higher_is_better else self.mean < 0
+            return bool(better and self._sign_test_separates)
         return bool(self.low > 0) if self.higher_is_better else bool(self.high < 0)
 
     @property
     def b_beat_a(self) -> bool:
+        if self.spread_from == "none":
+            worse = self.mean < 0 if self.higher_is_better else self.mean > 0
+            return bool(worse and self._sign_test_separates)
         return bool(self.high < 0) if self.higher_is_better else bool(self.low > 0)
 
     @property
@@ -155,20 +189,42 @@ class Paired:
         what = " points" if self.percent else ""
         if self.seeds < 2:
             return f"{self._number(self.mean)}{what} [one seed: no interval]"
-        return f"{self._number(self.mean)}{what} [{self._number(self.low)}, {self._number(self.high)}]"
+        bounds = f"{self._number(self.low)}, {self._number(self.high)}"
+        if self.spread_from == "none":
+            return f"{self._number(self.mean)}{what} [{bounds}: no spread seen]"
+        if self.spread_from == "test images":
+            return f"{self._number(self.mean)}{what} [{bounds}: spread of the test images only]"
+        return f"{self._number(self.mean)}{what} [{bounds}]"
 
     def could_detect(self) -> str:
         """``a gap of about 2.1 points would have been separated`` (from the spread seen)."""
         if self.seeds < 2:
             return "one seed cannot separate any gap"
+        if self.spread_from == "none":
+            rows = "repeat" if self.items == 1 else "seed and test image"
+            return (f"no spread seen (every {rows} gave the same difference): cannot say what gap would have "
+                    "been separated")
         what = " points" if self.percent else ""
-        return f"a gap of about {self._number(self.detectable, sign=False)}{what} would have been separated"
+        text = f"a gap of about {self._number(self.detectable, sign=False)}{what} would have been separated"
+        if self.spread_from == "test images":
+            text += " (at least: every seed gave the same difference, so this counts only the test images' noise)"
+        return text
+
+    def size(self) -> str:
+        """``5 seeds x 500 test images`` (or ``4 paired calls`` for one value per row).
+
+        A ``unit`` that begins with a number spells the count itself (``"400 images x 3 shifts"``:
+        ``3 seeds x 400 images x 3 shifts``); its numbers must multiply to the count of items.
+        """
+        if self.items == 1:     # one measurement per row: paired repeats (timings taken in turns)
+            return f"{self.seeds} paired {self.unit}"
+        seeds = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}"
+        if _spells_count(self.unit):
+            return f"{seeds} x {self.unit}"
+        return f"{seeds} x {self.items} {self.unit}"
 
     def __str__(self) -> str:
-        if self.items == 1:     # one measurement per row: paired repeats (timings taken in turns)
-            return f"{self.interval()}, {self.seeds} paired {self.unit}"
-        size = f"{self.seeds} seed{'s' if self.seeds != 1 else ''} x {self.items} {self.unit}"
-        return f"{self.interval()}, {size}"
+        return f"{self.interval()}, {self.size()}"
 
     def sentence(self, name_a: str, name_b: str) -> str:
         """``fine-tuning beat the probe: +1.8 points [+0.4, +3.2], 5 seeds x 500 test images``."""
@@ -193,6 +249,21 @@ def _scores(values, what: str) -> np.ndarray:
     return array
 
 
+def _spells_count(unit: str) -> bool:
+    """A unit such as ``"400 images x 3 shifts"`` carries its own count (it begins with a number)."""
+    return bool(re.match(r"\s*\d", unit))
+
+
+def _check_unit(unit: str, items: int) -> None:
+    if not isinstance(unit, str) or not unit.strip():
+        raise ValueError(f"unit must be words such as 'test images', got {unit!r}")
+    if items > 1 and _spells_count(unit):
+        numbers = [int(n) for n in re.findall(r"\d+", unit)]
+        if math.prod(numbers) != items:
+            raise ValueError(f"the unit {unit!r} spells {' x '.join(map(str, numbers))} = {math.prod(numbers)} "
+                             f"items per seed, but the scores hold {items} per seed")
+
+
 def _t(quantile: float, df: int) -> float:
     return float(stats.t.ppf(quantile, df))
 
@@ -204,7 +275,14 @@ def paired(a, b, *, confidence: float = CONFIDENCE, comparisons: int = 1, higher
     ``a`` and ``b`` are shaped (seeds, test images): per-image scores, row s of both from the same
     seed's test images in the same order. A 1-D array is one value per seed (or per repeat).
     ``comparisons=k`` widens the interval to ``1 - (1 - confidence) / k`` (Bonferroni) for a
-    table that compares k contenders with one baseline.
+    table that compares k contenders with one baseline. ``unit`` names the items of a row in
+    ``str()``: ``"shifted test images"`` gives ``3 seeds x 1200 shifted test images``; a unit that
+    begins with a number spells the count itself, ``"400 images x 3 shifts"`` gives
+    ``3 seeds x 400 images x 3 shifts`` (its numbers must multiply to the items per seed).
+
+    When every seed's difference is the same (no spread over seeds), the interval comes from the
+    per-image differences, or, when those do not vary either, there is none (``spread_from``;
+    see the module docstring): a collapsed interval never claims a precision it did not measure.
     """
     a, b = _scores(a, "a"), _scores(b, "b")
     if a.shape != b.shape:
@@ -214,19 +292,30 @@ def paired(a, b, *, confidence: float = CONFIDENCE, comparisons: int = 1, higher
         raise ValueError(f"confidence must be between 0 and 1, got {confidence!r}")
     if not isinstance(comparisons, int) or comparisons < 1:
         raise ValueError(f"comparisons must be a positive count, got {comparisons!r}")
-    per_seed = (a - b).mean(axis=1)
-    n = len(per_seed)
+    _check_unit(unit, a.shape[1])
+    differences = a - b
+    per_seed = differences.mean(axis=1)
+    n, items = differences.shape
     mean = float(per_seed.mean())
     if n < 2:
         nan = float("nan")
-        return Paired(mean, nan, nan, tuple(per_seed.tolist()), a.shape[1], confidence, nan,
+        return Paired(mean, nan, nan, tuple(per_seed.tolist()), items, confidence, nan,
                       higher_is_better, percent, unit)
     alpha = (1 - confidence) / comparisons
+    spread_from = "seeds"
     se = float(per_seed.std(ddof=1)) / math.sqrt(n)
+    if np.ptp(per_seed) <= 1e-12 * max(1.0, abs(mean)):      # every seed gave the same difference
+        pooled = float(differences.var(axis=1, ddof=1).mean()) if items > 1 else 0.0
+        if pooled > 1e-24:
+            spread_from, se = "test images", math.sqrt(pooled / (n * items))
+        else:
+            nan = float("nan")
+            return Paired(mean, mean, mean, tuple(per_seed.tolist()), items, 1 - alpha, nan,
+                          higher_is_better, percent, unit, spread_from="none")
     half = _t(1 - alpha / 2, n - 1) * se
     detectable = (_t(1 - alpha / 2, n - 1) + _t(POWER, n - 1)) * se
-    return Paired(mean, mean - half, mean + half, tuple(per_seed.tolist()), a.shape[1], 1 - alpha,
-                  detectable, higher_is_better, percent, unit)
+    return Paired(mean, mean - half, mean + half, tuple(per_seed.tolist()), items, 1 - alpha,
+                  detectable, higher_is_better, percent, unit, spread_from)
 
 
 def against(baseline: str, scores: Mapping[str, object], *, higher_is_better: bool = True,

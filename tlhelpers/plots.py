@@ -1,4 +1,4 @@
-"""Figures the notebooks show: learning curves, prediction grids, confusion matrices.
+"""Figures the notebooks show: learning curves, prediction grids, confusion matrices, results over seeds.
 
 Every function returns a matplotlib ``Figure`` and closes it in pyplot first. In a notebook,
 a call on the last line of a cell shows the figure once (IPython displays the returned
@@ -18,6 +18,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tlhelpers import compare
 from tlhelpers.data import IMAGENET_MEAN, IMAGENET_STD
 from tlhelpers.training import History
 
@@ -102,9 +103,27 @@ TICK_CHARACTERS = 16
 
 
 def bars_over_seeds(results: Mapping[str, Sequence[float]], ylabel: str = "validation accuracy",
-                    title: str = "", chance: float | None = None, percent: bool = True) -> Figure:
-    """One bar per method at the mean over seeds, an error bar from the worst to the best seed,
-    and every seed as a dot: the spread a verdict has to beat is visible."""
+                    title: str = "", chance: float | None = None, percent: bool = True, *,
+                    baseline: str | None = None) -> Figure:
+    """One bar per method at its mean over seeds, every seed as a dot.
+
+    Without ``baseline`` (the default) the error bar runs from the worst to the best seed: a
+    description of the spread, **not** the test a verdict uses (two methods whose ranges overlap
+    can still be separated, because each seed scores both on the same images). The title says so.
+
+    With ``baseline="name"`` the figure shows what the verdicts rest on: one bar per other method
+    at its mean difference from the baseline (in points with ``percent``), the error bar its
+    **paired 95% interval** (:func:`tlhelpers.compare.against`, Bonferroni-widened over the k
+    comparisons, as :func:`tlhelpers.protocol.table` prints it), each seed's difference as a dot,
+    a line at 0, and the verdict under each name: a bar whose error bar clears 0 "beat" the
+    baseline. ``results[name]`` is then one value per seed, or the (seeds, test images) per-image
+    scores (``protocol.Result.scores``), which give exactly the table's intervals. To draw
+    intervals already computed, use :func:`paired_bars`.
+    """
+    if baseline is not None:
+        intervals = compare.against(baseline, {name: np.asarray(values, dtype=float)
+                                               for name, values in results.items()}, percent=percent)
+        return paired_bars(intervals, baseline, ylabel=ylabel, title=title)
     names = list(results)
     figure, ax = plt.subplots(figsize=(1.3 * len(names) + 2.5, 3.4), dpi=100)
     for x, name in enumerate(names):
@@ -127,10 +146,64 @@ def bars_over_seeds(results: Mapping[str, Sequence[float]], ylabel: str = "valid
     return _finish(figure)
 
 
+def _percent(confidence: float) -> str:
+    """``95%``, ``97.5%``, ``98.3%``."""
+    return f"{confidence:.1%}".replace(".0%", "%")
+
+
+def paired_bars(intervals: Mapping[str, object], baseline: str, ylabel: str = "test accuracy",
+                title: str = "") -> Figure:
+    """Each method minus ``baseline``: a bar at the mean paired difference, the error bar its
+    interval (the one its verdict uses), each seed's difference as a dot, a line at 0.
+
+    ``intervals`` maps names to :class:`tlhelpers.compare.Paired` (from ``compare.against``,
+    ``protocol.paired_against``, or the ``.paired`` of ``protocol.compared``'s lines). The axis is
+    zoomed to the differences (0 always shown); the title names the error bar, with its
+    confidence; each name carries its verdict. A comparison on one seed has no error bar.
+    """
+    if not intervals:
+        raise ValueError("paired_bars needs at least one comparison with the baseline")
+    intervals = {name: getattr(value, "paired", value) for name, value in intervals.items()}
+    names = list(intervals)
+    first = intervals[names[0]]
+    scale = 100.0 if first.percent else 1.0
+    figure, ax = plt.subplots(figsize=(1.3 * len(names) + 2.5, 3.4), dpi=100)
+    reach = [0.0]
+    for x, name in enumerate(names):
+        paired = intervals[name]
+        mean = paired.mean * scale
+        ax.bar(x, mean, color=f"C{x + 1}", alpha=0.75, width=0.6)
+        dots = [d * scale for d in paired.per_seed]
+        ax.scatter([x] * len(dots), dots, color="black", s=12, zorder=3)
+        reach += dots + [mean]
+        if np.isfinite(paired.low) and np.isfinite(paired.high) and paired.spread_from != "none":
+            low, high = paired.low * scale, paired.high * scale
+            ax.errorbar(x, mean, yerr=[[mean - low], [high - mean]], color="black", capsize=5, lw=1.4)
+            reach += [low, high]
+    ax.axhline(0, color="black", lw=0.8)
+    low, high = min(reach), max(reach)
+    pad = 0.08 * (high - low or 1.0)
+    ax.set_ylim(low - pad, high + pad)
+    labels = [textwrap.fill(name, TICK_CHARACTERS) + f"\n({intervals[name].verdict})" for name in names]
+    ax.set_xticks(range(len(names)), labels, fontsize=9)
+    units = " (points)" if first.percent else ""
+    ax.set_ylabel(textwrap.fill(f"{ylabel}: minus {baseline}{units}", 28))
+    each = "/".join(_percent(c) for c in sorted({p.confidence for p in intervals.values()}))
+    level = (f"{_percent(compare.CONFIDENCE)} interval, Bonferroni over {len(names)} (each at {each})"
+             if len(names) > 1 else f"{each} interval")
+    ax.set_title(title or textwrap.fill(f"bar: mean difference from {baseline}; error bar: paired {level}; "
+                                        "dots: each seed", 60), fontsize=9)
+    if first.percent:
+        ax.yaxis.set_major_formatter(lambda value, _: f"{value:+.0f}" if value else "0")
+    ax.grid(axis="y", alpha=0.3)
+    return _finish(figure)
+
+
 def lines_over_seeds(results: Mapping[str, Mapping[float, Sequence[float]]], xlabel: str,
                      ylabel: str = "validation accuracy", title: str = "", chance: float | None = None,
                      log_x: bool = False, ax=None) -> Figure:
-    """Per method, the mean over seeds at each x with an error bar from the worst to the best seed.
+    """Per method, the mean over seeds at each x with an error bar from the worst to the best seed
+    (a description of the spread, not a verdict's test: see :func:`paired_bars` for that).
 
     ``results[method][x]`` holds one value per seed. Pass ``ax`` to draw into a panel of a
     larger figure (that figure is returned, and closed if it is a pyplot figure).
@@ -200,4 +273,26 @@ def show_samples(images: torch.Tensor, labels: Sequence[int], classes: Sequence[
                 ax.set_title(name, fontsize=8)
     if title:
         figure.suptitle(title, fontsize=10)
+    return _finish(figure)
+
+
+def stage_boxes(shapes: Mapping[str, Sequence[int]], title: str = "") -> Figure:
+    """One box per stage, from the input to the head: height = the stage's resolution (pixels per side),
+    width grows with its channels (square-root scale), each labelled with its name, size and channels.
+
+    ``shapes[stage]`` is ``(channels, height, width)``, as a forward hook records it (notebook 02).
+    """
+    figure, ax = plt.subplots(figsize=(11, 3.4), dpi=100)
+    left, top = 0.0, max(shape[1] for shape in shapes.values())
+    for stage, (channels, height, width) in shapes.items():
+        box = 0.6 + channels ** 0.5 / 8
+        ax.add_patch(plt.Rectangle((left, -height / 2), box, height, facecolor="tab:blue", alpha=0.35,
+                                   edgecolor="black"))
+        ax.text(left + box / 2, height / 2 + 3, f"{stage}\n{height}x{width}\n{channels} ch",
+                ha="center", va="bottom", fontsize=10)
+        left += box + 0.8
+    ax.set(xlim=(-0.4, left), ylim=(-top / 2 - 4, top / 2 + 45), xticks=[], yticks=[])
+    ax.set_title(title or "box height = resolution, box width grows with the channels", fontsize=11)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     return _finish(figure)

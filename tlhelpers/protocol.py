@@ -34,14 +34,21 @@ one protocol, and this module is where it lives:
    keeps the best on validation. When the best is at an edge of the grid, the grid grows one
    step past that edge (same spacing) and the new rate is tried, up to ``Budget.max_extend``
    steps per side; :attr:`Run.grid` is the final grid and :attr:`Run.at_bound` marks a choice
-   still at its edge. The rate is chosen **per seed on that seed's validation split**, not once
+   still at its edge. When **no rate improved on the start** (every run kept step 0, the
+   starting weights), the grid does not grow: a tie of nothing-learned runs says nothing about
+   where a better rate lies, and stepping past the larger edge would only try rates more likely
+   to diverge. :func:`choose` stops, prints a note, and marks :attr:`Run.no_rate_improved`
+   (:func:`table` marks it ``!``); the starting weights are what such a contender is.
+   The rate is chosen **per seed on that seed's validation split**, not once
    on a tuning seed: each seed then repeats the whole procedure a learner would follow (split,
    choose, train, score), so the spread over seeds, and the paired interval built on it, includes
    the noise of the choice itself, which a rate fixed once would hide.
 5. **Tables that show it** (:func:`table`): per method the final grid and the rates chosen,
    steps kept and taken, epochs, converged on how many seeds, validation and test accuracy, and
    each contender's paired interval against a named baseline (:mod:`tlhelpers.compare`), with
-   the gap this run could have detected.
+   the gap this run could have detected. :func:`paired_against` returns those intervals as
+   :class:`tlhelpers.compare.Paired` objects (``.verdict``, ``.mean``, ``.low``, ``.high``) for a
+   notebook that acts on them; :func:`compared` words them (each value a string that also carries them).
 
 Training a head on cached features (``training.cache_features``) and training through the
 network use the same :func:`train`, so a probe and a fine-tuned network are judged alike.
@@ -191,6 +198,8 @@ def as_tensors(dataset: Dataset, rows: Sequence[int] | None = None) -> TensorDat
 LAST_FRACTION = 0.25
 #: Every grid :func:`choose` takes has at least this many rates.
 MIN_RATES = 3
+#: Why :func:`choose` stopped without growing the grid when every rate kept the starting weights.
+NO_RATE_IMPROVED = "no rate improved on the start"
 
 
 def _log_spaced(lrs: tuple[float, ...]) -> float:
@@ -279,6 +288,7 @@ class Run:
     max_steps: int             # the cap this run had
     tried: dict[float, float] = field(default_factory=dict)   # lr -> best validation accuracy (choose)
     at_bound: bool = False     # choose: the chosen rate is at an edge of the final grid, which could grow no more
+    no_rate_improved: bool = False   # choose: every rate kept step 0 (the start); the grid was not grown
 
     @property
     def epochs(self) -> float:
@@ -299,6 +309,8 @@ class Run:
         stop = "early stop" if self.stopped_early else "cap"
         state = "converged" if self.converged else "NOT converged: still improving at its cap"
         bound = ", at the grid's bound" if self.at_bound else ""
+        if self.no_rate_improved:
+            bound = f", {NO_RATE_IMPROVED} (the starting weights kept)"
         return (f"lr {self.lr:g}{bound}, kept step {self.best_step} of {self.steps} ({stop}, cap {self.max_steps}, "
                 f"{state}), {self.epochs:.1f} epochs, validation {self.val_acc:.1%}")
 
@@ -442,7 +454,8 @@ def grid_search(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Data
     ``build()`` returns a fresh ``(model, params)``; it is called after seeding with ``seed``
     for every rate, so each rate starts from the same weights. When the best rate is the largest
     or the smallest tried, the next rate past that edge (the grid's own ratio) is tried too, up to
-    ``budget.max_extend`` rates per side.
+    ``budget.max_extend`` rates per side. When no rate improved on the start (every run kept
+    step 0), the grid is not grown and a note says so (:data:`NO_RATE_IMPROVED`).
     """
     if len(budget.lrs) < MIN_RATES:
         raise ValueError(f"choose needs a grid of at least {MIN_RATES} log-spaced rates, got {budget.lrs!r}: "
@@ -460,6 +473,11 @@ def grid_search(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Data
         attempt(lr)
     grown = {"up": 0, "down": 0}
     while True:
+        if _none_improved(results):
+            print(f"note: {NO_RATE_IMPROVED}: every rate of {_rates(results)} kept step 0 (validation "
+                  f"{max(run.val_acc for _, run in results.values()):.1%} at the start); the grid was not "
+                  "extended. Check the data, the loss and the trainable parameters before a wider grid.")
+            break
         lr = _best_rate(results)
         if lr == max(results) and grown["up"] < budget.max_extend:
             grown["up"] += 1
@@ -477,13 +495,22 @@ def _best_rate(results: Mapping[float, tuple[nn.Module, Run]]) -> float:
     return max(sorted(results, reverse=True), key=lambda lr: results[lr][1].val_acc)
 
 
+def _none_improved(results: Mapping[float, tuple[nn.Module, Run]]) -> bool:
+    """Every rate kept step 0: no run improved on the starting weights."""
+    return all(run.best_step == 0 for _, run in results.values())
+
+
 def best_of(results: Mapping[float, tuple[nn.Module, Run]]) -> tuple[nn.Module, Run]:
     """The (model, Run) of :func:`grid_search` with the best validation accuracy, its Run holding
-    every rate tried (``tried``) and whether the choice sits at the edge of that grid (``at_bound``)."""
+    every rate tried (``tried``) and whether the choice sits at the edge of that grid (``at_bound``).
+
+    When every rate kept step 0, the Run says so (``no_rate_improved``) instead of ``at_bound``: the
+    choice is a tie of untrained starts, not a rate at an edge."""
     lr = _best_rate(results)
     model, run = results[lr]
     run.tried = {rate: results[rate][1].val_acc for rate in sorted(results, reverse=True)}
-    run.at_bound = lr in (max(results), min(results))
+    run.no_rate_improved = _none_improved(results)
+    run.at_bound = lr in (max(results), min(results)) and not run.no_rate_improved
     return model, run
 
 
@@ -493,18 +520,45 @@ def choose(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Dataset, 
     keep the best on validation (:func:`grid_search`, then :func:`best_of`).
 
     A choice still at the edge once the grid may grow no more is marked ``Run.at_bound``. Ties go
-    to the larger rate. Returns the chosen model and its :class:`Run`, whose ``tried`` maps every
+    to the larger rate. When no rate improved on the start (every run kept step 0), the grid is
+    not grown: it prints a note and marks ``Run.no_rate_improved`` (the kept weights are the
+    starting ones). Returns the chosen model and its :class:`Run`, whose ``tried`` maps every
     rate tried to its validation accuracy.
     """
     return best_of(grid_search(build, train_set, val_set, budget, seed=seed, **train_kwargs))
 
 
+class Contested(tuple):
+    """What :func:`contest` returns per contender: the pair ``(run, scores)``, so
+    ``run, scores = results[name]`` and ``result.add(*results[name])`` work, and also the chosen
+    model, ``.model`` (its weights those of the kept check), with ``.run`` and ``.scores``."""
+
+    model: nn.Module
+
+    def __new__(cls, run: Run, scores: np.ndarray, model: nn.Module) -> Contested:
+        pair = super().__new__(cls, (run, scores))
+        pair.model = model
+        return pair
+
+    @property
+    def run(self) -> Run:
+        return self[0]
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self[1]
+
+    def __reduce__(self):
+        return (Contested, (self[0], self[1], self.model))
+
+
 def contest(contenders: Mapping[str, Callable[[], tuple[nn.Module, Iterable]]], splits: Splits | None = None,
             budget: Budget | None = None, *, seed: int = 0, train_set: Dataset | None = None,
             val_set: Dataset | None = None, test_set: Dataset | None = None, max_doublings: int = 0,
-            **train_kwargs) -> dict[str, tuple[Run, np.ndarray]]:
+            **train_kwargs) -> dict[str, Contested]:
     """One seed of a comparison: :func:`choose` every contender on train/validation, then score
-    each chosen model once on test. Returns ``{name: (run, per-image test scores)}`` (see :func:`scores`).
+    each chosen model once on test. Returns ``{name: (run, per-image test scores)}`` (see :func:`scores`);
+    each pair is a :class:`Contested` that also carries the chosen model: ``results[name].model``.
 
     The splits come from ``splits`` or from ``train_set`` / ``val_set`` / ``test_set`` (for
     cached features). Every choice is made before the first test image is read. When a chosen
@@ -524,7 +578,7 @@ def contest(contenders: Mapping[str, Callable[[], tuple[nn.Module, Iterable]]], 
         if all(run.converged for _, run in chosen.values()) or doubling == max_doublings:
             break
         budget = budget.doubled()
-    return {name: (run, scores(model, test_set)) for name, (model, run) in chosen.items()}
+    return {name: Contested(run, scores(model, test_set), model) for name, (model, run) in chosen.items()}
 
 
 # --------------------------------------------------------------------------- tables
@@ -581,13 +635,75 @@ def _grid(runs: Sequence[Run]) -> str:
     return f"{rates[0]:g}..{rates[-1]:g} ({len(rates)})" if len(rates) > 1 else f"{rates[0]:g}"
 
 
-def compared(results: Mapping[str, Result], baseline: str) -> dict[str, str]:
-    """Each contender against ``baseline`` in words: its paired interval on test (Bonferroni over
-    the contenders; :func:`tlhelpers.compare.against`) and what it could have detected, or "not
-    comparable" when one of the two was still improving at its cap on some seed and the other was not."""
+class Compared(str):
+    """One line of :func:`compared`: the same words as before (a ``str``: print it, concatenate it,
+    ``.startswith("not comparable")``), carrying the comparison behind them.
+
+    ``.paired`` is the :class:`tlhelpers.compare.Paired` (contender - baseline on the table's
+    split); ``.mean``, ``.low``, ``.high``, ``.detectable`` and ``.interval()`` are its own.
+    ``.comparable`` is False when one of the two was still improving at its cap and the other was
+    not; ``.verdict`` is then ``"not comparable"``, else the interval's ``"beat"``, ``"lost"``,
+    ``"not separated"`` or ``"one seed"``.
+    """
+
+    paired: compare.Paired
+    comparable: bool
+
+    def __new__(cls, text: str, paired: compare.Paired, comparable: bool = True) -> Compared:
+        line = super().__new__(cls, text)
+        line.paired, line.comparable = paired, comparable
+        return line
+
+    @property
+    def verdict(self) -> str:
+        return self.paired.verdict if self.comparable else "not comparable"
+
+    @property
+    def mean(self) -> float:
+        return self.paired.mean
+
+    @property
+    def low(self) -> float:
+        return self.paired.low
+
+    @property
+    def high(self) -> float:
+        return self.paired.high
+
+    @property
+    def detectable(self) -> float:
+        return self.paired.detectable
+
+    def interval(self) -> str:
+        return self.paired.interval()
+
+    def __reduce__(self):
+        return (Compared, (str(self), self.paired, self.comparable))
+
+
+def paired_against(results: Mapping[str, Result], baseline: str, *,
+                   unit: str = "test images") -> dict[str, compare.Paired]:
+    """Each contender minus ``baseline``: ``{name: Paired}`` (Bonferroni over the contenders;
+    :func:`tlhelpers.compare.against`), the intervals :func:`table` and :func:`compared` word.
+
+    For a notebook that acts on a verdict: ``paired_against(results, "probe")["fine-tuning"].low > 0``.
+    It does not check convergence; :func:`compared` (``.comparable``) and :func:`table` do.
+    """
     if baseline not in results:
         raise ValueError(f"the baseline {baseline!r} is not in the table: choose one of {list(results)}")
-    intervals = compare.against(baseline, {name: result.scores for name, result in results.items()})
+    return compare.against(baseline, {name: result.scores for name, result in results.items()}, unit=unit)
+
+
+def compared(results: Mapping[str, Result], baseline: str, *, unit: str = "test images") -> dict[str, Compared]:
+    """Each contender against ``baseline`` in words: its paired interval on test (Bonferroni over
+    the contenders; :func:`tlhelpers.compare.against`) and what it could have detected, or "not
+    comparable" when one of the two was still improving at its cap on some seed and the other was not.
+
+    Each value is a :class:`Compared`: the line as a string, with ``.paired`` (the
+    :class:`tlhelpers.compare.Paired`), ``.verdict``, ``.mean``, ``.low``, ``.high`` and
+    ``.comparable``. ``unit`` names what each seed scored (see :func:`tlhelpers.compare.paired`):
+    ``"shifted test images"``, or ``"400 images x 3 shifts"`` to spell the count."""
+    intervals = paired_against(results, baseline, unit=unit)
     base = results[baseline]
     lines = {}
     for name, interval in intervals.items():
@@ -595,22 +711,24 @@ def compared(results: Mapping[str, Result], baseline: str) -> dict[str, str]:
         stuck = [(label, r) for label, r in ((name, result), (baseline, base)) if r.unconverged]
         if len(stuck) == 1:
             label, r = stuck[0]
-            lines[name] = (f"not comparable: {label} still improving at its cap on {r.unconverged} of "
-                           f"{len(r.trained)} seeds ({name} - {baseline} = {interval})")
+            lines[name] = Compared(f"not comparable: {label} still improving at its cap on {r.unconverged} of "
+                                   f"{len(r.trained)} seeds ({name} - {baseline} = {interval})", interval, False)
             continue
         text = interval.sentence(name, baseline)
         if len(stuck) == 2:
             text += " (both still improving at the cap: a verdict at this budget only)"
-        lines[name] = text
+        lines[name] = Compared(text, interval)
     return lines
 
 
 def table(results: Mapping[str, Result], split: str = "test", title: str | None = None,
-          baseline: str | None = None) -> str:
+          baseline: str | None = None, *, unit: str = "test images") -> str:
     """A fixed-width table: per method the final learning-rate grid and the rates chosen (``*``:
-    at the grid's bound), steps kept and taken, epochs, converged on how many seeds, validation
-    accuracy (which made the choices) and ``split`` accuracy, over seeds. With ``baseline``, the
-    lines below compare every other method with it (:func:`compared`)."""
+    at the grid's bound; ``!``: no rate improved on the start), steps kept and taken, epochs,
+    converged on how many seeds, validation accuracy (which made the choices) and ``split``
+    accuracy, over seeds. With ``baseline``, the lines below compare every other method with it
+    (:func:`compared`); ``unit`` names what each seed scored in those lines ("3 seeds x 1200
+    shifted test images" from ``unit="shifted test images"``, or ``unit="400 images x 3 shifts"``)."""
     if split not in SPLIT_NAMES:
         raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
     if not results:
@@ -619,7 +737,7 @@ def table(results: Mapping[str, Result], split: str = "test", title: str | None 
     header = (f"{'method':<{width}}  {'grid (rates)':>16}  {'lr chosen':>11}  {'steps kept/taken':>16}  "
               f"{'epochs':>6}  {'converged':>9}  {'validation':>20}  {split + ' (reported)':>20}")
     lines = ([title] if title else []) + [header, "-" * len(header)]
-    any_bound = False
+    any_bound = any_stuck = False
     for name, result in results.items():
         if not result.test_scores:
             raise ValueError(f"{name!r} has no runs")
@@ -629,8 +747,10 @@ def table(results: Mapping[str, Result], split: str = "test", title: str | None 
                          f"{compare.spread(result.test).format():>20}")
             continue
         bound = any(r.at_bound for r in runs)
+        stuck = any(r.no_rate_improved for r in runs)
         any_bound |= bound
-        chosen = _rates(r.lr for r in runs) + ("*" if bound else "")
+        any_stuck |= stuck
+        chosen = _rates(r.lr for r in runs) + ("*" if bound else "") + ("!" if stuck else "")
         kept = compare.spread([r.best_step for r in runs]).mean
         taken = compare.spread([r.steps for r in runs]).mean
         epochs = compare.spread([r.epochs for r in runs]).mean
@@ -643,9 +763,11 @@ def table(results: Mapping[str, Result], split: str = "test", title: str | None 
     lines.append(f"mean ± std (worst-best) over {'/'.join(map(str, sorted(n)))} seeds; steps and epochs are means "
                  f"over seeds (cap {'/'.join(map(str, sorted(caps)))} steps); converged: seeds whose best check "
                  f"was not in the last {LAST_FRACTION:.0%} of the cap; validation made every choice, the last "
-                 "column made none" + ("; * a chosen rate at the bound of its grid" if any_bound else ""))
+                 "column made none" + ("; * a chosen rate at the bound of its grid" if any_bound else "")
+                 + (f"; ! on some seed {NO_RATE_IMPROVED} (the starting weights kept, the grid not grown)"
+                    if any_stuck else ""))
     if baseline is not None:
-        verdicts = compared(results, baseline)
+        verdicts = compared(results, baseline, unit=unit)
         k = len(verdicts)
         lines.append(f"paired with the baseline, {baseline}, on {split} ({k} comparison{'s' if k > 1 else ''}"
                      + (f", Bonferroni: each interval at {1 - (1 - compare.CONFIDENCE) / k:.1%})" if k > 1 else ")")
