@@ -22,11 +22,12 @@ LAYERS: list[set[str]] = [
     {"assets"},
     {"models"},
     {"freezing"},
-    {"evaluation", "robust"},
-    {"checkpoints"},
+    {"evaluation"},
+    {"checkpoints", "robust"},
     {"training"},
     {"plots", "corruptions", "lora", "similarity", "protocol", "bundle"},
-    {"simulator", "finetune", "predict", "exercises"},
+    {"simulator", "finetune", "predict"},
+    {"exercises"},
 ]
 
 

@@ -11,9 +11,11 @@ Modules, bottom to top; each imports only modules of lower layers (tests/test_la
 3. ``assets``: torchvision's weights offline; ``fetch`` provisions weights and data.
 4. ``models``: load, find and replace heads, layer groups.
 5. ``freezing``: freeze by name, BatchNorm policies, optimizer checks.
-6. ``evaluation``: predict under eval + inference_mode, accuracy, confusion matrix; ``robust``
-   (WiSE-FT interpolation, BatchNorm re-estimation: notebooks 08 and 09, and ``protocol``).
-6b. ``checkpoints``: write atomically, read with ``weights_only=True``, load all or nothing.
+6. ``evaluation``: predict under eval + inference_mode, accuracy (``top1``, the one definition
+   every accuracy in the package uses), confusion matrix.
+6b. ``checkpoints``: write atomically, read with ``weights_only=True``, load all or nothing;
+   ``robust`` (WiSE-FT interpolation, BatchNorm re-estimation, accuracy on shifted copies:
+   notebooks 08 and 09, and ``protocol``).
 7. ``training``: ``fit``, the feature cache.
 8. ``plots``: figures. Beside it, the tools of notebooks 08 and 09: ``corruptions`` (shifted test
    sets), ``lora`` (low-rank adapters), ``similarity`` (linear CKA, weight change per block);
@@ -22,8 +24,9 @@ Modules, bottom to top; each imports only modules of lower layers (tests/test_la
    ``bundle`` (export a model as a folder torch or onnxruntime alone can serve).
 9. ``simulator``: the freeze-toggle simulator (``FreezeSim``, pure PyTorch, and its widget);
    ``finetune``: the command-line job, one process or under ``torchrun``; ``predict``: top-k for
-   image files from a bundle; ``exercises``: the notebooks' exercise checks (``nb03.q2(...)`` says
-   "Right" or "Not yet" with a hint).
+   image files from a bundle.
+10. ``exercises``: the notebooks' exercise checks (``nb03.q2(...)`` says "Right" or "Not yet"
+   with a hint); they may use any module below.
 """
 
 __version__ = "0.3.0"

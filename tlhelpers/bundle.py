@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 import tlhelpers
 from tlhelpers import serving
 from tlhelpers.checks import require
+from tlhelpers.evaluation import top1
 from tlhelpers.files import atomic_folder, sha256_of
 
 FORMAT = "tlhelpers-bundle"
@@ -84,12 +85,12 @@ def _write_programs(model: nn.Module, example: torch.Tensor, folder: Path) -> No
 def served_accuracy(folder: Path, images: Dataset, runtime: str = "pt2", batch_size: int = 64) -> float:
     """Accuracy on ``images`` ((PIL image, label) pairs) through the bundle's own serving path."""
     predictor = serving.Predictor(folder, runtime)
-    spec, correct = predictor.manifest["preprocessing"], 0
+    spec, predicted = predictor.manifest["preprocessing"], []
     for start in range(0, len(images), batch_size):
         items = [images[i] for i in range(start, min(start + batch_size, len(images)))]
-        logits = predictor(np.stack([serving.preprocess(image, spec) for image, _ in items]))
-        correct += int((logits.argmax(axis=1) == np.asarray([label for _, label in items])).sum())
-    return correct / len(images)
+        predicted.append(predictor(np.stack([serving.preprocess(image, spec) for image, _ in items])).argmax(axis=1))
+    labels = [images[i][1] for i in range(len(images))]
+    return top1(torch.from_numpy(np.concatenate(predicted)), torch.tensor(labels))
 
 
 def export(model: nn.Module, folder: str | Path, *, classes: Sequence[str], transform, backbone: str,

@@ -32,7 +32,17 @@ class Predictions:
 
     @property
     def accuracy(self) -> float:
-        return (self.labels == self.targets).float().mean().item() if len(self.targets) else 0.0
+        return top1(self.logits, self.targets)
+
+
+def top1(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Share of rows whose top-1 prediction equals the target (0.0 for none): the one definition of
+    accuracy in the package. ``outputs`` are logits (N, classes) or predicted class indices (N,)."""
+    outputs, targets = torch.as_tensor(outputs), torch.as_tensor(targets)
+    predicted = outputs.argmax(dim=1) if outputs.ndim == 2 else outputs
+    if predicted.shape != targets.shape:
+        raise ValueError(f"{len(predicted)} predictions for {len(targets)} targets")
+    return (predicted.cpu() == targets.cpu()).float().mean().item() if len(targets) else 0.0
 
 
 def predict(model: nn.Module, loader: DataLoader, device: torch.device | str | None = None,

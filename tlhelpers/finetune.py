@@ -294,9 +294,7 @@ def make_optimizer(model: nn.Module, head: nn.Module, args: argparse.Namespace) 
     backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     if backbone:
         groups.append({"params": backbone, "lr": args.backbone_lr or args.lr / 10})
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=0.9)
-    return torch.optim.Adam(groups)
+    return training.build_optimizer(groups, args.optimizer, args.lr, momentum=0.9)
 
 
 #: Settings a resumed run may change: they decide how long and where, not what is trained.

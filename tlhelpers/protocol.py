@@ -74,7 +74,7 @@ from tlhelpers.evaluation import accuracy, predict
 from tlhelpers.freezing import batchnorm_layers, set_bn_policy
 from tlhelpers.robust import reestimate_batchnorm
 from tlhelpers.runtime import model_device, seed_everything
-from tlhelpers.training import _loss_of
+from tlhelpers.training import build_optimizer, train_step
 
 #: Batch size for recomputing BatchNorm statistics (``train(recompute_bn=True)``): large enough that
 #: the averaged per-batch variances are close to the exact one, small enough for any laptop.
@@ -327,22 +327,13 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
 
 
 def _optimizer(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over ``params``; a param group's ``lr_scale`` multiplies ``lr`` for that group."""
+    """AdamW over ``params`` (:func:`tlhelpers.training.build_optimizer`); a param group's
+    ``lr_scale`` multiplies ``lr`` for that group, so a grid over ``lr`` moves every group together."""
     groups = list(params)
-    if not groups:
-        raise ValueError("no parameters to train: pass the trainable parameters (or param groups)")
-    if not isinstance(groups[0], dict):
-        groups = [{"params": groups}]
-    built = []
-    for group in groups:
-        group = dict(group)
-        group["params"] = [p for p in group["params"] if p.requires_grad]
-        group["lr"] = lr * float(group.pop("lr_scale", 1.0))
-        if group["params"]:
-            built.append(group)
-    if not built:
-        raise ValueError("none of the parameters given requires grad: unfreeze what should train")
-    return torch.optim.AdamW(built, lr=lr, weight_decay=weight_decay)
+    if groups and isinstance(groups[0], dict):
+        groups = [{**{k: v for k, v in g.items() if k != "lr_scale"}, "lr": lr * float(g.get("lr_scale", 1.0))}
+                  for g in groups]
+    return build_optimizer(groups, "adamw", lr, weight_decay=weight_decay)
 
 
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float:
@@ -424,10 +415,7 @@ def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Datas
         set_bn_policy(model, bn_policy)
         rows = next(batches)
         inputs, labels = data.tensors[0][rows].to(device), data.tensors[1][rows].to(device)
-        optimizer.zero_grad(set_to_none=True)
-        loss, _, _ = _loss_of(model(inputs), labels, loss_fn)
-        loss.backward()
-        optimizer.step()
+        train_step(model, inputs, labels, optimizer, loss_fn)
         schedule.step()
         if step % budget.eval_every == 0 or step == cap:
             value = check(step)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from tlhelpers.checks import integer
+from tlhelpers.evaluation import top1
 from tlhelpers.freezing import batchnorm_layers
 from tlhelpers.runtime import evaluating, model_device
 
@@ -186,5 +187,5 @@ def accuracies(model: nn.Module, sets: Mapping[str, torch.Tensor], labels: torch
             chunks = [chunk.to(device) for chunk in inputs.split(batch_size)]
             chunks = [c.contiguous(memory_format=layout) if c.ndim == 4 else c for c in chunks]
             predicted = torch.cat([scorer(chunk).argmax(dim=1).cpu() for chunk in chunks])
-            results[name] = (predicted == labels.cpu()).float().mean().item()
+            results[name] = top1(predicted, labels)
     return results

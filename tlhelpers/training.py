@@ -183,6 +183,42 @@ def _improved(history: History, metric: str) -> bool:
     return values[-1] < best_before if metric.endswith("loss") else values[-1] > best_before
 
 
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def build_optimizer(params: Iterable, name: str, lr: float, *, momentum: float = 0.9, weight_decay: float = 0.0,
+                    trainable_only: bool = True) -> torch.optim.Optimizer:
+    """The one optimizer builder: ``name`` ("sgd" with ``momentum``, "adam", or "adamw" with
+    ``weight_decay``) over ``params``, parameters or param groups (a group's own ``"lr"`` wins
+    over ``lr``, as in plain ``torch.optim``).
+
+    With ``trainable_only`` (the default) each group keeps only parameters that require grad and
+    empty groups are dropped, so a frozen layer is never handed to the optimizer; ``ValueError``
+    when nothing is left, naming what to do. ``trainable_only=False`` keeps every parameter (the
+    simulator's "optimizer built before freezing" scenario).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}, got {name!r}")
+    groups = list(params)
+    if not groups:
+        raise ValueError("no parameters to train: pass the trainable parameters (or param groups)")
+    if not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    built = []
+    for group in groups:
+        group = dict(group)
+        group["params"] = [p for p in group["params"] if p.requires_grad or not trainable_only]
+        if group["params"]:
+            built.append(group)
+    if not built:
+        raise ValueError("none of the parameters given requires grad: unfreeze what should train")
+    if name == "sgd":
+        return torch.optim.SGD(built, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(built, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(built, lr=lr, weight_decay=weight_decay)
+
+
 def train_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
                loss_fn: Callable, scaler: torch.amp.GradScaler | None = None):
     """One training step: ``zero_grad`` / forward / loss / ``backward`` / ``step``; returns

@@ -51,6 +51,7 @@ from tlhelpers.simulator.costs import CostTable
 from tlhelpers.simulator.measuring import Measuring, total_norm
 from tlhelpers.simulator.report import BlockReport, Cost, StepReport
 from tlhelpers.simulator.saving import Saving
+from tlhelpers.training import build_optimizer
 
 
 class FreezeSim(Configuration, Measuring, Saving):
@@ -325,10 +326,8 @@ class FreezeSim(Configuration, Measuring, Saving):
         held = [id(p) for group in old.param_groups for p in group["params"]] if old is not None else None
         if held == [id(p) for p in wanted]:
             return old
-        if self.optimizer_name == "sgd":
-            new = torch.optim.SGD(wanted, lr=self.lr, momentum=self.momentum)
-        else:
-            new = torch.optim.Adam(wanted, lr=self.lr)
+        new = build_optimizer(wanted, self.optimizer_name, self.lr, momentum=self.momentum,
+                              trainable_only=not self._stale_gradients)
         if old is not None:
             for p in wanted:
                 if p in old.state:
