@@ -141,7 +141,7 @@ def test_the_grid_grows_past_a_winning_edge_until_its_bound(splits, monkeypatch)
         return protocol.Run(lr=lr, steps=10, best_step=5, val_acc=value, curve=[(5, value)], train_size=10,
                             batch_size=1, stopped_early=False, max_steps=budget.max_steps)
 
-    monkeypatch.setattr(protocol, "train", fake_train)
+    monkeypatch.setattr(protocol.runs, "train", fake_train)
     budget = protocol.Budget(max_steps=10, lrs=(1e-2, 1e-3, 1e-4), max_extend=1)
     _, run = protocol.choose(lambda: (_Peaked(1e-6), []), splits.train, splits.val, budget)
     assert run.grid == pytest.approx((1e-2, 1e-3, 1e-4, 1e-5)) and run.lr == pytest.approx(1e-5)
