@@ -470,3 +470,11 @@ def test_contest_hands_back_each_chosen_model(splits):
     import copy
     again = copy.deepcopy(results["linear"])
     assert again.run.lr == run.lr and isinstance(again.model, nn.Module)
+
+
+def test_param_groups_as_a_function_of_the_rate_keep_their_own_lr():
+    """Plain-PyTorch groups, each with its own lr, built from the rate the grid is trying."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    optimizer = protocol._optimizer(lambda lr: [{"params": model[0].parameters(), "lr": lr / 10},
+                                                {"params": model[1].parameters(), "lr": lr}], 1e-2, 0.0)
+    assert [group["lr"] for group in optimizer.param_groups] == [1e-3, 1e-2]

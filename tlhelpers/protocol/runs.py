@@ -38,9 +38,17 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
         pending = pending[size:]
 
 
-def _optimizer(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over ``params`` (:func:`tlhelpers.training.build_optimizer`); a param group's
-    ``lr_scale`` multiplies ``lr`` for that group, so a grid over ``lr`` moves every group together."""
+def _optimizer(params: Iterable | Callable[[float], Iterable], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over ``params`` (:func:`tlhelpers.training.build_optimizer`).
+
+    ``params`` is parameters, param groups, or a function of the run's rate returning them: the
+    plain-PyTorch way to give groups rates that move together over a grid, each group with its own
+    ``lr`` as ``torch.optim`` reads it (``lambda lr: [{"params": head, "lr": lr}, {"params": blocks,
+    "lr": lr / 10}]``). In a list of groups, a group's ``lr_scale`` multiplies ``lr`` (the older,
+    helper-only spelling: a plain optimizer ignores that key).
+    """
+    if callable(params):
+        return build_optimizer(list(params(lr)), "adamw", lr, weight_decay=weight_decay)
     groups = list(params)
     if groups and isinstance(groups[0], dict):
         groups = [{**{k: v for k, v in g.items() if k != "lr_scale"}, "lr": lr * float(g.get("lr_scale", 1.0))}
@@ -63,13 +71,14 @@ def scores(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> np.ndar
     return (predictions.logits.argmax(dim=1) == predictions.targets).double().numpy()
 
 
-def train(model: nn.Module, params: Iterable, train_set: Dataset, val_set: Dataset, budget: Budget,
+def train(model: nn.Module, params: Iterable | Callable[[float], Iterable], train_set: Dataset, val_set: Dataset, budget: Budget,
           lr: float, *, seed: int = 0, loss_fn: Callable | None = None,
           bn_policy: str = "frozen-eval", recompute_bn: bool = False, restore_best: bool = True) -> Run:
     """Train ``params`` of ``model`` under ``budget`` at learning rate ``lr``; keep the best validation check.
 
-    ``params`` are parameters or param groups (a group's ``"lr_scale"`` multiplies ``lr``, for
-    discriminative rates). Batches are drawn from consecutive shuffled passes over
+    ``params`` are parameters, param groups, or a function of ``lr`` returning them (each group with
+    its own ``"lr"``, as plain ``torch.optim`` reads it: discriminative rates that move with the grid;
+    see :func:`_optimizer`). Batches are drawn from consecutive shuffled passes over
     ``train_set`` with ``seed``. The rate follows ``budget.schedule``: cosine decay over the cap
     with equal steps, constant with early stopping. ``model`` ends with the weights of its best
     check. The test split is not an argument: no choice here can read it. ``bn_policy`` is applied
