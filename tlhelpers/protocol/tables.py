@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -185,12 +186,12 @@ def table(results: Mapping[str, Result], split: str = "test", title: str | None 
                      f"{compare.spread(result.test).format():>20}")
     n = {len(r.test_scores) for r in results.values()}
     caps = {r.max_steps for result in results.values() for r in result.trained}
-    lines.append(f"mean ± std (worst-best) over {'/'.join(map(str, sorted(n)))} seeds; steps and epochs are means "
+    lines += textwrap.wrap(f"mean ± std (worst-best) over {'/'.join(map(str, sorted(n)))} seeds; steps and epochs are means "
                  f"over seeds (cap {'/'.join(map(str, sorted(caps)))} steps); converged: seeds whose best check "
                  f"was not in the last {LAST_FRACTION:.0%} of the cap; validation made every choice, the last "
                  "column made none" + ("; * a chosen rate at the bound of its grid" if any_bound else "")
                  + (f"; ! on some seed {NO_RATE_IMPROVED} (the starting weights kept, the grid not grown)"
-                    if any_stuck else ""))
+                    if any_stuck else ""), width=max(len(header), 80), break_on_hyphens=False)
     if baseline is not None:
         verdicts = compared(results, baseline, unit=unit)
         k = len(verdicts)
