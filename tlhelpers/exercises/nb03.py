@@ -13,6 +13,49 @@ from torch import nn
 
 from tlhelpers.exercises import Exercise, Wrong, register
 
+CLASSIFIER_MODELS = ("mobilenet_v2", "convnext_tiny", "vgg16")   # three places the head sits in a classifier
+
+
+def _replace_classifier_head(replace_classifier_head) -> str:
+    import torchvision
+
+    for name in CLASSIFIER_MODELS:
+        with torch.device("meta"):
+            net = torchvision.models.get_model(name, weights=None).eval()
+            before = [type(layer).__name__ for layer in net.classifier]
+            index = max(i for i, layer in enumerate(net.classifier) if isinstance(layer, nn.Linear))
+            width, old = net.classifier[index].in_features, net.classifier[index]
+            new = replace_classifier_head(net, 7)
+            if new is None:
+                raise Wrong(f"on {name} your function returned None: `return` the new layer")
+            if not isinstance(net.classifier, nn.Sequential):
+                raise Wrong(f"on {name}, net.classifier is now a {type(net.classifier).__name__}: the container "
+                            "must stay, only its last Linear changes")
+            after = [type(layer).__name__ for layer in net.classifier]
+            if len(after) != len(before):
+                raise Wrong(f"on {name}, net.classifier had {len(before)} layers and now has {len(after)}: replace "
+                            "one layer, keep the others")
+            if net.classifier[index] is old or net.classifier[index] is not new:
+                raise Wrong(f"on {name}, the layer at classifier[{index}], the last Linear, was not replaced by the "
+                            "layer you returned" + (" (VGG's classifier holds three Linear layers)"
+                                                    if name == "vgg16" else ""))
+            changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b and i != index]
+            if changed:
+                raise Wrong(f"on {name}, classifier[{changed[0]}] changed too: only the head should")
+            if not isinstance(new, nn.Linear) or new.in_features != width or new.out_features != 7:
+                raise Wrong(f"on {name}, the new head should be a Linear from the old head's in_features "
+                            f"({width}) to num_classes (7 in this check)")
+            if name == "convnext_tiny":              # a meta forward pass: shapes only, no numbers
+                shape = tuple(net(torch.empty(2, 3, 224, 224)).shape)
+                if shape != (2, 7):
+                    raise Wrong(f"on {name}, a forward pass gives {shape}, not (2, num_classes)")
+    return f"the head replaced and the rest of the classifier kept on {', '.join(CLASSIFIER_MODELS)}"
+
+
+q1 = Exercise("replace the head, not the classifier", _replace_classifier_head, names=("replace_classifier_head",),
+              hint="find the index of the last nn.Linear in net.classifier (loop over it, or check from the end), "
+                   "read that layer's in_features, and assign the new Linear at that index.")
+
 
 def _deeper_head(deeper_head) -> str:
     import torchvision
@@ -43,7 +86,8 @@ def _deeper_head(deeper_head) -> str:
     expected = sum(p.numel() for p in head.parameters())
     if trainable != expected:
         raise Wrong("some parameters outside the head train too: the backbone must stay frozen")
-    return f"a {len(layers)}-layer head with {trainable:,} trainable parameters on a frozen backbone"
+    return ("Linear, ReLU, Dropout, Linear, and on a frozen backbone only the head trains (checked with "
+            "7 classes, so its count differs from yours)")
 
 
 q2 = Exercise("a deeper head", _deeper_head, names=("deeper_head",),
