@@ -77,17 +77,72 @@ def _tensors(value) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-def _storage_key(tensor: torch.Tensor) -> tuple[int, int] | None:
+def referenced_span(tensor: torch.Tensor) -> tuple[int, int]:
+    """The bytes of its storage a tensor references: (first byte, one past its last byte).
+
+    A view (``cache[:32]``, ``x.t()``) references part of a storage that may be much larger;
+    counting ``storage.nbytes()`` charges a batch sliced from a 500-image cache for the whole
+    cache. A strided view counts from its first to its last element.
+    """
+    if tensor.numel() == 0:
+        return 0, 0
+    item = tensor.element_size()
+    start = tensor.storage_offset() * item
+    extent = 1 + sum((size - 1) * abs(stride) for size, stride in zip(tensor.shape, tensor.stride(), strict=False))
+    return start, start + extent * item
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[int, int, int] | None:
+    """(storage address, first byte, end byte): which storage a tensor lives in and the part it references."""
     try:
-        storage = tensor.untyped_storage()
-        return storage.data_ptr(), storage.nbytes()
+        address = tensor.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. meta)
         return None
+    return (address, *referenced_span(tensor))
+
+
+def referenced_bytes(keys) -> int:
+    """Bytes referenced by the tensors behind ``keys`` (from :func:`_storage_key`): each storage once,
+    the union of the parts its tensors reference (two views of one batch are not counted twice)."""
+    by_storage: dict[int, list[tuple[int, int]]] = {}
+    for key in keys:
+        if key is not None:
+            by_storage.setdefault(key[0], []).append((key[1], key[2]))
+    total = 0
+    for spans in by_storage.values():
+        end = -1
+        for first, last in sorted(spans):
+            if last > end:
+                total += last - max(first, end)
+                end = last
+    return total
+
+
+def saved_bytes(step: Callable[[], object], exclude: nn.Module | None = None) -> int:
+    """Bytes of the tensors autograd saves for backward while ``step()`` runs its forward pass.
+
+    Each storage is counted once, and only the part its saved tensors reference
+    (:func:`referenced_bytes`); storages of ``exclude``'s parameters and buffers are left out
+    (they are in memory anyway).
+    """
+    excluded = _model_storages(exclude) if exclude is not None else set()
+    keys = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if key is not None and key[0] not in excluded:
+            keys.append(key)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return referenced_bytes(keys)
 
 
 def _model_storages(model: nn.Module) -> set:
-    """Storages of parameters and buffers: in memory anyway, so never counted as saved activations."""
-    return {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
+    """Addresses of the storages of parameters and buffers: in memory anyway, never counted as saved
+    activations (nor is any view of them)."""
+    return {key[0] for key in map(_storage_key, [*model.parameters(), *model.buffers()]) if key is not None}
 
 
 @contextlib.contextmanager
@@ -120,8 +175,8 @@ def measure_cost(model: nn.Module, compute_loss: Callable[[], torch.Tensor],
     is *reached* when a gradient arrives at the output of one of its modules or at one of its
     parameters; a reached block without trainable parameters whose input requires a gradient
     is *pass-through* (backward computes its input's gradient). Saved activation bytes count
-    each storage autograd keeps for backward
-    once, leaving out parameters and buffers (they are in memory anyway).
+    each storage autograd keeps for backward once, and only the part its saved tensors reference
+    (:func:`referenced_bytes`), leaving out parameters and buffers (they are in memory anyway).
     """
     start = time.perf_counter()
     order = list(blocks)
@@ -130,14 +185,14 @@ def measure_cost(model: nn.Module, compute_loss: Callable[[], torch.Tensor],
                  if named[p].requires_grad]
     others = [p for p in model.parameters() if p.requires_grad and all(p is not q for _, q in trainable)]
     excluded = _model_storages(model)
-    saved: dict[tuple[int, int], int] = {}
+    saved: set[tuple[int, int, int]] = set()
     reached: set[str] = set()
     reached_input: set[str] = set()
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         key = _storage_key(tensor)
-        if key is not None and key not in excluded:
-            saved[key] = key[1]
+        if key is not None and key[0] not in excluded:
+            saved.add(key)
         return tensor
 
     def watch(tensors, seen: set[str], name: str) -> None:
@@ -186,7 +241,7 @@ def measure_cost(model: nn.Module, compute_loss: Callable[[], torch.Tensor],
     return Cost(
         forward_flops=int(forward_counter.get_total_flops()),
         backward_flops=int(backward_flops),
-        saved_activation_bytes=int(sum(saved.values())),
+        saved_activation_bytes=referenced_bytes(saved),
         flow=flow,
         stop_at=stop_at,
         pass_through=pass_through,
@@ -261,7 +316,7 @@ class _PassRecorder:
         self.last = max(cases, default=0)
         self.raw_inputs: dict[int, list[torch.Tensor]] = {}
         self.leaves: dict[int, list[torch.Tensor]] = {}
-        self.saved: list[dict[tuple[int, int], int]] = [{} for _ in range(segments)]
+        self.saved: list[set[tuple[int, int, int]]] = [set() for _ in range(segments)]
         self.aliases: dict = {}
         self.current = 0
         self.loss: torch.Tensor | None = None
@@ -298,8 +353,8 @@ class _PassRecorder:
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
         key = _storage_key(tensor)
         key = self.aliases.get(key, key)
-        if key is not None and key not in self.excluded:
-            self.saved[self.current][key] = key[1]
+        if key is not None and key[0] not in self.excluded:
+            self.saved[self.current].add(key)
         return tensor
 
     def outputs_of(self, index: int) -> list[torch.Tensor]:
@@ -343,8 +398,11 @@ def _case_cost(recorder: _PassRecorder, index: int, segments, blocks: Mapping[st
     last_segment = index + 1 == len(segments)
     borders_out = [] if last_segment else [_storage_key(t) for t in recorder.outputs_of(index)]
     mine = recorder.saved[index]
-    own = sum(size for storage, size in mine.items() if storage not in borders_in and storage not in borders_out)
-    return CaseCost(flops, int(own), tuple(s in mine for s in borders_in), tuple(s in mine for s in borders_out))
+    borders = {key[0] for key in [*borders_in, *borders_out] if key is not None}
+    own = referenced_bytes(key for key in mine if key[0] not in borders)
+    stored = {key[0] for key in mine}
+    return CaseCost(flops, int(own), tuple(b is not None and b[0] in stored for b in borders_in),
+                    tuple(b is not None and b[0] in stored for b in borders_out))
 
 
 def measure_cases(model: nn.Module, compute_loss: Callable[[], torch.Tensor], blocks: Mapping[str, Block],
@@ -379,7 +437,7 @@ def measure_cases(model: nn.Module, compute_loss: Callable[[], torch.Tensor], bl
             counted = _record_pass(model, compute_loss, entry_index, recorder, count_flops=forward_flops is None)
             forward_flops = counted if counted is not None else forward_flops
             for index, tensors in recorder.raw_inputs.items():
-                input_bytes[index] = tuple(_storage_key(t)[1] for t in tensors)
+                input_bytes[index] = tuple(end - first for first, end in map(referenced_span, tensors))
             for index, key in cases.items():
                 results[index][key] = _case_cost(recorder, index, segments, blocks, named)
     return CaseMeasurement(tuple(results), tuple(input_bytes), forward_flops,
