@@ -85,16 +85,18 @@ def small_imagefolder(tmp_path_factory) -> Path:
 
 
 #: What every run of a notebook must print, whatever the data: the comparison notebooks their
-#: protocol table (validation chooses, test reports), the product notebook its held-out score.
-MUST_PRINT = {"04": ["test (reported)"], "05": ["test (reported)"], "07": ["test (reported)"],
-              "08": ["test (reported)"], "09": ["test (reported)"], "10": ["test accuracy"]}
+#: protocol table (validation chooses, test reports), the product notebook its held-out score and
+#: its DistributedDataParallel script's 2-process run.
+MUST_PRINT = {"04": ["test (reported)", "compare.paired:"], "05": ["test (reported)"], "07": ["test (reported)"],
+              "08": ["test (reported)"], "09": ["test (reported)"],
+              "10": ["test accuracy", "2 process(es), Dropout 0.0"]}
 #: The digits run exercises the verdict code paths: two seeds (one seed never decides), on a
 #: tiny budget so it stays quick. Its verdicts mean nothing; that they are reached is the test.
 TINY = {"04": {"PER_CLASS": 10, "VAL_PER_CLASS": 10, "TEST_PER_CLASS": 10},
         "05": {"PER_CLASS": 10, "VAL_PER_CLASS": 10, "TEST_PER_CLASS": 10, "EPOCHS": 2},
         "07": {"PER_CLASS": [5, 10], "VAL_PER_CLASS": 10, "COMPARE_WITH": None},
-        "08": {"PER_CLASS": 10, "MAX_STEPS": 15},
-        "09": {"PER_CLASS": 10, "VAL_PER_CLASS": 10, "TEST_PER_CLASS": 10, "EPOCHS": 2, "TARGET_PER_CLASS": 5}}
+        "08": {"PER_CLASS": 10, "VAL_PER_CLASS": 10, "TEST_PER_CLASS": 10, "MAX_STEPS": 20},
+        "09": {"PER_CLASS": 10, "VAL_PER_CLASS": 10, "TEST_PER_CLASS": 10, "EPOCHS": 2}}
 VERDICT = re.compile(r"\bbeat\b|not separated|one seed cannot decide")
 
 
