@@ -1,5 +1,5 @@
 // The course website (scripts/build_book.py): keyboard access to what scrolls.
-// A code cell or an output wider than the page scrolls sideways; a keyboard user can only scroll
+// A code cell, an output or a text cell (a wide table, a long code span) wider than the page scrolls sideways; a keyboard user can only scroll
 // what can take focus (WCAG 2.1.1, axe's scrollable-region-focusable). Each region that
 // actually overflows gets tabindex="0", role="region" and a label saying what it is; a region
 // that fits loses them again (after a resize), so the Tab order holds no needless stops.
@@ -7,6 +7,7 @@
 const REGIONS = [
   [".jp-InputArea-editor > .cm-editor", "Code cell"],
   [".jp-OutputArea-output", "Cell output"],
+  [".jp-RenderedMarkdown", "Text cell"],
   [".book-widget", "Simulator"],
 ];
 
