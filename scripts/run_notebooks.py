@@ -4,6 +4,7 @@ Usage:
     python scripts/run_notebooks.py [NOTEBOOK ...]                  # re-execute, store outputs
     python scripts/run_notebooks.py --check --set SEED=7 [NOTEBOOK ...]   # run with SEED = 7, write nothing
     python scripts/run_notebooks.py --check --set DATASET='"digits"' 05_fine_tuning.ipynb
+    python scripts/run_notebooks.py --slowest 8 07_when_the_data_is_different.ipynb  # where the time goes
 
 Default notebooks: every notebooks/NN_*.ipynb, then notebooks/simulator.ipynb. Each runs top
 to bottom in a fresh kernel with its working directory set to notebooks/, exactly as JupyterLab
@@ -101,24 +102,39 @@ def is_optional(cell) -> bool:
     return cell.cell_type == "markdown" and bool(re.match(r"##\s+(Going further:|Appendix\b|Sources\b)", first))
 
 
+def cell_seconds(cell) -> float | None:
+    """Seconds one executed code cell took, from nbclient's timings (None when it has none)."""
+    timing = cell.get("metadata", {}).get("execution", {})
+    if cell.cell_type != "code" or "iopub.execute_input" not in timing:
+        return None
+    began = datetime.fromisoformat(timing["iopub.execute_input"].replace("Z", "+00:00"))
+    ended = datetime.fromisoformat(timing["shell.execute_reply"].replace("Z", "+00:00"))
+    return (ended - began).total_seconds()
+
+
 def main_story_seconds(notebook) -> float:
     """Seconds the main story's code cells took (solutions excluded), from nbclient's cell timings."""
     total = 0.0
     for cell in notebook.cells:
         if is_optional(cell):
             break
-        timing = cell.get("metadata", {}).get("execution", {})
-        if cell.cell_type != "code" or "solution" in cell.metadata.get("tags", []) or not timing:
-            continue
-        began = datetime.fromisoformat(timing["iopub.execute_input"].replace("Z", "+00:00"))
-        ended = datetime.fromisoformat(timing["shell.execute_reply"].replace("Z", "+00:00"))
-        total += (ended - began).total_seconds()
+        seconds = cell_seconds(cell)
+        if seconds is not None and "solution" not in cell.metadata.get("tags", []):
+            total += seconds
     return total
 
 
+def slowest_cells(notebook, count: int) -> list[str]:
+    """The ``count`` slowest code cells as "  12.3 s  cell 17  first line" (where to look when a budget is over)."""
+    timed = [(seconds, index, cell.source.strip().splitlines()[0][:70] if cell.source.strip() else "")
+             for index, cell in enumerate(notebook.cells) if (seconds := cell_seconds(cell)) is not None]
+    return [f"{seconds:7.1f} s  cell {index:2d}  {line}" for seconds, index, line in sorted(timed, reverse=True)[:count]]
+
+
 def run(path: Path, overrides: dict[str, object] | None = None, write: bool = True,
-        timeout: int = 900) -> tuple[nbformat.NotebookNode, float]:
-    """:func:`execute` that also returns the executed notebook (its outputs), for checks."""
+        timeout: int = 900, slowest: int = 0) -> tuple[nbformat.NotebookNode, float]:
+    """:func:`execute` that also returns the executed notebook (its outputs), for checks; prints
+    the ``slowest`` slowest cells."""
     notebook = answer_keys.merged(path)
     inject_parameters(notebook, overrides or {})
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
@@ -129,6 +145,8 @@ def run(path: Path, overrides: dict[str, object] | None = None, write: bool = Tr
     elapsed = time.perf_counter() - began
     story = main_story_seconds(notebook)
     notebook.metadata["course_run"] = {"main_story_seconds": round(story, 1)}
+    for line in slowest_cells(notebook, slowest):
+        print(line, flush=True)
     for cell in notebook.cells:              # per-cell timestamps would change every stored file on every run
         cell.get("metadata", {}).pop("execution", None)
     if write and not overrides:
@@ -146,6 +164,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                         help="override a parameter (a Python literal); implies --check")
     parser.add_argument("--check", action="store_true", help="execute only; do not write the notebooks")
+    parser.add_argument("--slowest", type=int, default=0, metavar="N",
+                        help="print each notebook's N slowest cells (where to look when a time limit is over)")
     args = parser.parse_args(argv)
     try:
         overrides = dict(parse_assignment(text) for text in args.overrides)
@@ -156,7 +176,8 @@ def main(argv: list[str]) -> int:
     failed, total = [], 0.0
     for path in paths:
         try:
-            notebook, seconds = run(path, overrides, write=not (args.check or overrides))
+            notebook, seconds = run(path, overrides, write=not (args.check or overrides),
+                                    slowest=args.slowest)
             total += seconds
             story = (notebook.metadata.get("course_run") or notebook.metadata["course"])["main_story_seconds"]
             print(f"{seconds:7.1f} s  {path.relative_to(ROOT)} (main story {story:.1f} s)", flush=True)
