@@ -232,3 +232,9 @@ def test_a_true_3_point_gap_is_found_as_often_as_a_paired_t_interval_finds_it():
     power, old_power = found / trials, old / trials
     assert power >= 0.75, f"a true +3 points detected only {power:.0%} of the time"
     assert old_power < 0.5 * power, f"the paired rule ({power:.0%}) should clearly beat the range rule ({old_power:.0%})"
+
+
+def test_one_paired_repeat_is_named_in_the_singular():
+    one = compare.paired([0.8], [0.7], unit="validation splits")
+    assert one.size() == "1 paired validation split"
+    assert compare.paired([0.8, 0.9], [0.7, 0.6], unit="validation splits").size() == "2 paired validation splits"

@@ -166,3 +166,13 @@ def test_paired_bars_take_the_intervals_a_table_printed():
     assert [p.get_height() for p in same.patches] == [p.get_height() for p in ax.patches]
     one = plots.paired_bars({"LP-FT": compare.paired([[1.0, 0.0]], [[0.0, 0.0]])}, "probe").axes[0]
     assert not [c for c in one.containers if getattr(c, "has_yerr", False)]
+
+
+def test_paired_bars_label_half_point_ticks_as_they_are():
+    """A tick at -2.5 points reads -2.5, not a rounded -2 beside a -2 tick."""
+    from tlhelpers import compare
+
+    small = compare.paired([[0.97, 0.98, 0.99]], [[1.0, 1.0, 1.0]])   # a 2-point gap, one seed
+    ax = plots.paired_bars({"A": small}, "B").axes[0]
+    formatter = ax.yaxis.get_major_formatter()
+    assert [formatter(v, 0) for v in (-2.5, -2.0, 0.0, 1.5)] == ["-2.5", "-2", "0", "+1.5"]

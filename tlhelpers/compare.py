@@ -217,7 +217,8 @@ class Paired:
         ``3 seeds x 400 images x 3 shifts``); its numbers must multiply to the count of items.
         """
         if self.items == 1:     # one measurement per row: paired repeats (timings taken in turns)
-            return f"{self.seeds} paired {self.unit}"
+            unit = self.unit[:-1] if self.seeds == 1 and self.unit.endswith("s") else self.unit
+            return f"{self.seeds} paired {unit}"
         seeds = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}"
         if _spells_count(self.unit):
             return f"{seeds} x {self.unit}"

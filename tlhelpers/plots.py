@@ -194,7 +194,7 @@ def paired_bars(intervals: Mapping[str, object], baseline: str, ylabel: str = "t
     ax.set_title(title or textwrap.fill(f"bar: mean difference from {baseline}; error bar: paired {level}; "
                                         "dots: each seed", 60), fontsize=9)
     if first.percent:
-        ax.yaxis.set_major_formatter(lambda value, _: f"{value:+.0f}" if value else "0")
+        ax.yaxis.set_major_formatter(lambda value, _: f"{value:+g}" if value else "0")   # -2.5 stays -2.5
     ax.grid(axis="y", alpha=0.3)
     return _finish(figure)
 
