@@ -36,7 +36,7 @@ def param_groups(model, head_lr, decay):
 def train_step(model, optimizer, images, labels):
     model.train()
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, nn.BatchNorm2d) and not any(p.requires_grad for p in module.parameters()):
             module.eval()
     optimizer.zero_grad()
     loss = nn.functional.cross_entropy(model(images), labels)
@@ -133,7 +133,7 @@ def test_q2_wrong(wrong, says):
 def no_zero_grad(model, optimizer, images, labels):
     model.train()
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, nn.BatchNorm2d) and not module.weight.requires_grad:
             module.eval()
     loss = nn.functional.cross_entropy(model(images), labels)
     loss.backward()
@@ -141,11 +141,20 @@ def no_zero_grad(model, optimizer, images, labels):
     return loss
 
 
-def frozen_eval_only(model, optimizer, images, labels):      # notebook's policy, not the question's
+def every_bn_eval(model, optimizer, images, labels):      # the notebook's own loop: the "eval" policy
     model.train()
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d) and not any(p.requires_grad for p in module.parameters()):
+        if isinstance(module, nn.BatchNorm2d):
             module.eval()
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def every_bn_train(model, optimizer, images, labels):     # a plain model.train(): the "train" policy
+    model.train()
     optimizer.zero_grad()
     loss = nn.functional.cross_entropy(model(images), labels)
     loss.backward()
@@ -162,16 +171,46 @@ def all_eval(model, optimizer, images, labels):
     return loss
 
 
+def dropout_off(model, optimizer, images, labels):         # the right BatchNorm modes, Dropout off
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout) or (isinstance(module, nn.BatchNorm2d)
+                                              and not module.weight.requires_grad):
+            module.eval()
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def no_step(model, optimizer, images, labels):
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d) and not module.weight.requires_grad:
+            module.eval()
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    return loss
+
+
 def no_return(model, optimizer, images, labels):
     train_step(model, optimizer, images, labels)
 
 
-@pytest.mark.parametrize("wrong, says", [(no_zero_grad, "earlier step"), (frozen_eval_only, "running statistics"),
-                                         (all_eval, "Dropout"), (no_return, "returned None")])
+def crash(model, optimizer, images, labels):
+    return model(images[:, :1])                             # a wrong input shape: the check reports the error
+
+
+@pytest.mark.parametrize("wrong, says", [(no_zero_grad, "earlier step"), (every_bn_eval, '"eval" policy'),
+                                         (every_bn_train, '"train" policy'), (all_eval, '"eval" policy'),
+                                         (dropout_off, "Dropout"), (no_step, "did not change"),
+                                         (no_return, "returned None"), (crash, "RuntimeError")])
 def test_q3_wrong(wrong, says):
     feedback = nb05.q3(train_step=wrong)
-    assert not feedback and says in feedback.message
-    assert "module.eval()" not in str(feedback)
+    assert not feedback and says in feedback.message and "Hint:" in str(feedback), str(feedback)
+    assert "module.eval()" not in str(feedback) and "requires_grad" not in str(feedback)
 
 
 def test_checks_never_touch_global_state_they_do_not_restore():

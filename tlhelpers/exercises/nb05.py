@@ -2,7 +2,8 @@
 
 The learner writes the three pieces of fine-tuning in plain PyTorch: unfreeze the last blocks
 (:data:`q1`), one learning rate per group of parameters (:data:`q2`) and the training step
-(:data:`q3`). Each check builds its own model (a MobileNetV2 on the meta device, which costs no
+under the "frozen-eval" BatchNorm policy (:data:`q3`; the notebook's own loop keeps every
+BatchNorm in eval(), so the exercise writes the other policy). Each check builds its own model (a MobileNetV2 on the meta device, which costs no
 memory, or a tiny real network for the step), calls the learner's function on it, and compares
 with a reference it computes from that model; it never prints the answer.
 """
@@ -133,8 +134,8 @@ def _tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
         layer.running_mean.uniform_(-1, 1, generator=generator)
         layer.running_var.uniform_(0.5, 2, generator=generator)
     model[0].requires_grad_(False)
-    model[1].requires_grad_(False)             # the frozen bottom; the rest trains
-    model.eval()
+    model[1].requires_grad_(False)             # the frozen bottom (its BatchNorm frozen); the rest trains,
+    model.eval()                               # model[4] a BatchNorm layer with trainable weight and bias
     images = torch.randn(16, 3, 8, 8, generator=generator)
     labels = torch.randint(0, 4, (16,), generator=generator)
     return model, images, labels
@@ -148,15 +149,14 @@ def _setup():
     return model, torch.optim.SGD(trainable, lr=0.1), images, labels
 
 
-def _reference(zero_grad: bool = True, train_mode: bool = True, bn_eval: bool = True):
+def _reference(zero_grad: bool = True, dropout: bool = True):
+    """One step under "frozen-eval": train mode, then the frozen BatchNorm layer (model[1]) in eval()."""
     model, optimizer, images, labels = _setup()
     torch.manual_seed(11)
-    if train_mode:
-        model.train()
-    if bn_eval:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+    model.train()
+    model[1].eval()
+    if not dropout:
+        model[8].eval()
     if zero_grad:
         optimizer.zero_grad()
     loss = nn.functional.cross_entropy(model(images), labels)
@@ -171,24 +171,32 @@ def _same(a: nn.Module, b: nn.Module) -> bool:
 
 def _train_step(train_step) -> str:
     model, optimizer, images, labels = _setup()
-    stats = copy.deepcopy([(m.running_mean, m.running_var) for m in (model[1], model[4])])
+    frozen, trainable = model[1], model[4]
+    stats = copy.deepcopy([(m.running_mean, m.running_var) for m in (frozen, trainable)])
     torch.manual_seed(11)
     loss = train_step(model, optimizer, images, labels)
     if loss is None:
         raise Wrong("train_step returned None: return the batch's loss")
     reference, reference_loss = _reference()
-    for (mean, var), layer in zip(stats, (model[1], model[4]), strict=False):
-        if not (torch.equal(mean, layer.running_mean) and torch.equal(var, layer.running_var)):
-            raise Wrong("a BatchNorm layer's running statistics moved: under the \"eval\" policy every "
-                        "BatchNorm layer, frozen or not, is in eval() during the forward pass")
+    moved = [not (torch.equal(mean, m.running_mean) and torch.equal(var, m.running_var))
+             for (mean, var), m in zip(stats, (frozen, trainable), strict=True)]
+    if moved[0]:
+        raise Wrong("the frozen BatchNorm layer's running statistics moved: it was in train mode during the step, "
+                    "as `model.train()` leaves every BatchNorm layer (every BatchNorm in train mode is the "
+                    "\"train\" policy, not \"frozen-eval\")")
+    if not moved[1]:
+        raise Wrong("the BatchNorm layer whose weight and bias train kept its running statistics: it was in "
+                    "eval() like the frozen one (every BatchNorm in eval() is the \"eval\" policy, not "
+                    "\"frozen-eval\")")
     if not _same(model, reference):
         if _same(model, _reference(zero_grad=False)[0]):
             raise Wrong("the step added the gradients left from an earlier step to this batch's: clear them "
                         "before backward()")
-        if _same(model, _reference(train_mode=False)[0]):
+        if _same(model, _reference(dropout=False)[0]):
             raise Wrong("Dropout was off during the step: the model must be in training mode, with only the "
-                        "BatchNorm layers switched to eval()")
-        if _same(model, _setup()[0]):
+                        "frozen BatchNorm layers switched to eval()")
+        start = dict(_setup()[0].named_parameters())
+        if all(torch.equal(p, start[name]) for name, p in model.named_parameters()):
             raise Wrong("the weights did not change: call the optimizer's step() after backward()")
         raise Wrong("the weights after your step differ from one training step on this batch with the "
                     "cross-entropy loss")
@@ -199,14 +207,14 @@ def _train_step(train_step) -> str:
                     "one-element tensor)") from None
     if abs(value - reference_loss) > 1e-5:
         raise Wrong("the loss returned is not the batch's cross-entropy loss computed in this step")
-    return (f"one step: Dropout on, every BatchNorm normalising with its running statistics (unchanged), "
-            f"stale gradients cleared; loss {value:.3f}")
+    return (f"one step: Dropout on, the frozen BatchNorm on its running statistics (unchanged), the trainable "
+            f"one on the batch's (its running statistics updated), stale gradients cleared; loss {value:.3f}")
 
 
-q3 = Exercise("the fine-tuning step under the \"eval\" policy", _train_step,
+q3 = Exercise("the fine-tuning step under the \"frozen-eval\" policy", _train_step,
               names=("train_step",),
-              hint="Dropout needs the model in training mode, but `model.train()` switches the BatchNorm "
-                   "layers too: which of them go back to eval() under this policy? And an earlier step's "
-                   "gradients are still stored in the parameters.")
+              hint="Dropout needs the model in training mode, but `model.train()` switches every BatchNorm "
+                   "layer too: which of them go back to eval() under this policy, and what about a layer's "
+                   "parameters tells you? An earlier step's gradients are also still stored in the parameters.")
 
 register(globals())
