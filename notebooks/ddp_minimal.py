@@ -9,6 +9,7 @@ gloo backend; on GPUs use "nccl", one process per GPU, and move the head to cuda
 """
 
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -46,11 +47,13 @@ def main(features: str, out: str, *dropouts: str) -> None:
     saved = torch.load(features, weights_only=True)
     dataset = TensorDataset(saved["features"], saved["labels"])
     for dropout in map(float, dropouts or ["0"]):
+        began = time.perf_counter()
         head = train(dataset, saved["classes"], dropout, rank, world)
+        seconds = time.perf_counter() - began           # the training loop only: no start-up, no rendezvous
         if rank == 0:                                # one process writes, and prints
             torch.save(head.state_dict(), Path(out) / f"dropout_{dropout}.pt")
             print(f"{world} process(es), Dropout {dropout}: {EPOCHS} epochs of {len(dataset)} examples, "
-                  f"{GLOBAL_BATCH // world} per process per step")
+                  f"{GLOBAL_BATCH // world} per process per step, {seconds:.2f} s of training")
     dist.destroy_process_group()
 
 
