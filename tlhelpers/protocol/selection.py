@@ -51,8 +51,9 @@ def grid_search(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Data
     while True:
         if _none_improved(results):
             print(f"note: {NO_RATE_IMPROVED}: every rate of {_rates(results)} kept step 0 (validation "
-                  f"{max(run.val_acc for _, run in results.values()):.1%} at the start); the grid was not "
-                  "extended. Check the data, the loss and the trainable parameters before a wider grid.")
+                  f"{max(run.val_acc for _, run in results.values()):.1%} at the start), so the starting "
+                  "weights are kept and the grid is not extended. From trained weights (a stage 2) that is a "
+                  "result; from scratch, check the data, the loss and the trainable parameters.")
             break
         lr = _best_rate(results)
         if lr == max(results) and grown["up"] < budget.max_extend:
