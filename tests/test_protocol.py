@@ -382,16 +382,17 @@ def test_grid_search_keeps_every_rate_and_best_of_picks_as_choose_does(splits):
     assert model is every[run.lr][0]
 
 
-def test_when_no_rate_improves_on_the_start_the_grid_stops_and_says_so(splits, capsys):
-    """Rates far too small to move a linear model: every run keeps step 0. That tie says nothing about
-    where a better rate lies, so the grid is not grown (before, the tie went to the largest rate, an
-    edge, and the grid grew upward); the Run, its description, the note and the table say why."""
+def test_when_no_rate_improves_on_the_start_the_grid_grows_down_then_stops_and_says_so(splits, capsys):
+    """Rates far too small to move a linear model: every run keeps step 0. The grid grows downward
+    only (from trained weights, smaller steps are the one direction that might still help; never
+    upward, where a tie of nothing-learned runs would lead towards divergence), up to max_extend
+    rates; then it stops, and the Run, its description, the note and the table say why."""
     budget = protocol.Budget(max_steps=6, batch_size=16, eval_every=2, patience=2, lrs=(1e-9, 1e-10, 1e-11),
                              max_extend=2)
     model, run = protocol.choose(_linear(), splits.train, splits.val, budget, seed=0)
-    assert run.grid == pytest.approx((1e-9, 1e-10, 1e-11))            # not extended
+    assert run.grid == pytest.approx((1e-9, 1e-10, 1e-11, 1e-12, 1e-13))   # two steps down, none up
     assert run.best_step == 0 and run.no_rate_improved and not run.at_bound
-    assert "note: no rate improved on the start" in capsys.readouterr().out
+    assert "grid grown 2 step(s) down" in capsys.readouterr().out
     assert "no rate improved on the start (the starting weights kept)" in run.describe()
     assert protocol.evaluate(model, splits.val) == pytest.approx(run.val_acc)
     import numpy as np
@@ -478,3 +479,27 @@ def test_param_groups_as_a_function_of_the_rate_keep_their_own_lr():
     optimizer = protocol._optimizer(lambda lr: [{"params": model[0].parameters(), "lr": lr / 10},
                                                 {"params": model[1].parameters(), "lr": lr}], 1e-2, 0.0)
     assert [group["lr"] for group in optimizer.param_groups] == [1e-3, 1e-2]
+
+
+def test_from_a_warm_start_whose_steps_all_lose_the_grid_grows_down_to_a_rate_that_helps(splits):
+    """A linear model trained a little, then a grid of rates so large that every step loses: none
+    improves on the start, so the grid grows downward, finds a rate that does, and keeps growing
+    past it while the smallest rate wins, as at any edge."""
+    warm = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    torch.manual_seed(0)
+    warm[1].reset_parameters()
+    first = protocol.Budget(max_steps=6, batch_size=16, eval_every=6, patience=None, lrs=(1e-2, 1e-3, 1e-4),
+                            max_extend=0)
+    protocol.train(warm, warm.parameters(), splits.train, splits.val, first, 1e-2, seed=0)
+    state = {k: v.clone() for k, v in warm.state_dict().items()}
+
+    def build():
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+        model.load_state_dict(state)
+        return model, model.parameters()
+
+    budget = protocol.Budget(max_steps=12, batch_size=16, eval_every=2, patience=3, lrs=(10.0, 1.0, 0.1), max_extend=3)
+    _, run = protocol.choose(build, splits.train, splits.val, budget, seed=0)
+    assert all(run.tried[lr] == run.tried[10.0] for lr in (10.0, 1.0, 0.1))      # the start, kept by all three
+    assert min(run.grid) < 0.1 and run.lr < 0.1 and run.best_step > 0
+    assert not run.no_rate_improved and run.val_acc > run.tried[10.0]

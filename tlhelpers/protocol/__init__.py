@@ -35,10 +35,12 @@ one protocol, and this module is where it lives:
    step past that edge (same spacing) and the new rate is tried, up to ``Budget.max_extend``
    steps per side; :attr:`Run.grid` is the final grid and :attr:`Run.at_bound` marks a choice
    still at its edge. When **no rate improved on the start** (every run kept step 0, the
-   starting weights), the grid does not grow: a tie of nothing-learned runs says nothing about
-   where a better rate lies, and stepping past the larger edge would only try rates more likely
-   to diverge. :func:`choose` stops, prints a note, and marks :attr:`Run.no_rate_improved`
-   (:func:`table` marks it ``!``); the starting weights are what such a contender is.
+   starting weights), the grid grows **downward only**, up to ``Budget.max_extend`` smaller rates:
+   from trained weights (a stage 2, LP-FT) whose first steps only lose, smaller steps are the
+   one direction that might still improve the start, while stepping past the larger edge would
+   only try rates more likely to diverge. If none improves, :func:`choose` stops, prints a note,
+   and marks :attr:`Run.no_rate_improved` (:func:`table` marks it ``!``); the starting weights
+   are what such a contender is.
    The rate is chosen **per seed on that seed's validation split**, not once
    on a tuning seed: each seed then repeats the whole procedure a learner would follow (split,
    choose, train, score), so the spread over seeds, and the paired interval built on it, includes

@@ -106,7 +106,7 @@ class Run:
     max_steps: int             # the cap this run had
     tried: dict[float, float] = field(default_factory=dict)   # lr -> best validation accuracy (choose)
     at_bound: bool = False     # choose: the chosen rate is at an edge of the final grid, which could grow no more
-    no_rate_improved: bool = False   # choose: every rate kept step 0 (the start); the grid was not grown
+    no_rate_improved: bool = False   # choose: every rate kept step 0 (the start), even the smaller ones tried
 
     @property
     def epochs(self) -> float:

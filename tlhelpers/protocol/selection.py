@@ -31,7 +31,9 @@ def grid_search(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Data
     for every rate, so each rate starts from the same weights. When the best rate is the largest
     or the smallest tried, the next rate past that edge (the grid's own ratio) is tried too, up to
     ``budget.max_extend`` rates per side. When no rate improved on the start (every run kept
-    step 0), the grid is not grown and a note says so (:data:`NO_RATE_IMPROVED`).
+    step 0, as happens from trained weights whose first steps only lose), the grid grows downward
+    only, up to ``budget.max_extend`` smaller rates, since smaller steps are the one direction that
+    might still improve a good start; if none does, a note says so (:data:`NO_RATE_IMPROVED`).
     """
     if len(budget.lrs) < MIN_RATES:
         raise ValueError(f"choose needs a grid of at least {MIN_RATES} log-spaced rates, got {budget.lrs!r}: "
@@ -50,10 +52,14 @@ def grid_search(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Data
     grown = {"up": 0, "down": 0}
     while True:
         if _none_improved(results):
+            if grown["down"] < budget.max_extend:   # from a good start, only smaller steps might still help
+                grown["down"] += 1
+                attempt(min(results) / ratio)
+                continue
             print(f"note: {NO_RATE_IMPROVED}: every rate of {_rates(results)} kept step 0 (validation "
-                  f"{max(run.val_acc for _, run in results.values()):.1%} at the start), so the starting "
-                  "weights are kept and the grid is not extended. From trained weights (a stage 2) that is a "
-                  "result; from scratch, check the data, the loss and the trainable parameters.")
+                  f"{max(run.val_acc for _, run in results.values()):.1%} at the start), the grid grown "
+                  f"{grown['down']} step(s) down, so the starting weights are kept. From trained weights (a "
+                  "stage 2) that is a result; from scratch, check the data, the loss and the trainable parameters.")
             break
         lr = _best_rate(results)
         if lr == max(results) and grown["up"] < budget.max_extend:
@@ -97,9 +103,9 @@ def choose(build: Callable[[], tuple[nn.Module, Iterable]], train_set: Dataset, 
     keep the best on validation (:func:`grid_search`, then :func:`best_of`).
 
     A choice still at the edge once the grid may grow no more is marked ``Run.at_bound``. Ties go
-    to the larger rate. When no rate improved on the start (every run kept step 0), the grid is
-    not grown: it prints a note and marks ``Run.no_rate_improved`` (the kept weights are the
-    starting ones). Returns the chosen model and its :class:`Run`, whose ``tried`` maps every
+    to the larger rate. When no rate improved on the start (every run kept step 0), the grid
+    grows downward only; if still none improved, it prints a note and marks
+    ``Run.no_rate_improved`` (the kept weights are the starting ones). Returns the chosen model and its :class:`Run`, whose ``tried`` maps every
     rate tried to its validation accuracy.
     """
     return best_of(grid_search(build, train_set, val_set, budget, seed=seed, **train_kwargs))

@@ -190,7 +190,7 @@ def table(results: Mapping[str, Result], split: str = "test", title: str | None 
                  f"over seeds (cap {'/'.join(map(str, sorted(caps)))} steps); converged: seeds whose best check "
                  f"was not in the last {LAST_FRACTION:.0%} of the cap; validation made every choice, the last "
                  "column made none" + ("; * a chosen rate at the bound of its grid" if any_bound else "")
-                 + (f"; ! on some seed {NO_RATE_IMPROVED} (the starting weights kept, the grid not grown)"
+                 + (f"; ! on some seed {NO_RATE_IMPROVED} (the starting weights kept, smaller rates tried too)"
                     if any_stuck else ""), width=max(len(header), 80), break_on_hyphens=False)
     if baseline is not None:
         verdicts = compared(results, baseline, unit=unit)
