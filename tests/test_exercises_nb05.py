@@ -130,15 +130,27 @@ def test_q2_wrong(wrong, says):
     assert not feedback and says in feedback.message
 
 
-def no_zero_grad(model, optimizer, images, labels):
+def _frozen_bn_eval(model):                                # the right modes: frozen BatchNorm in eval()
     model.train()
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d) and not module.weight.requires_grad:
             module.eval()
+
+
+def _learn(model, optimizer, images, labels, zero_grad=True, step=True):
+    """The tail every wrong answer shares with the right one, each part optional."""
+    if zero_grad:
+        optimizer.zero_grad()
     loss = nn.functional.cross_entropy(model(images), labels)
     loss.backward()
-    optimizer.step()
+    if step:
+        optimizer.step()
     return loss
+
+
+def no_zero_grad(model, optimizer, images, labels):
+    _frozen_bn_eval(model)
+    return _learn(model, optimizer, images, labels, zero_grad=False)
 
 
 def every_bn_eval(model, optimizer, images, labels):      # the notebook's own loop: the "eval" policy
@@ -146,53 +158,30 @@ def every_bn_eval(model, optimizer, images, labels):      # the notebook's own l
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.eval()
-    optimizer.zero_grad()
-    loss = nn.functional.cross_entropy(model(images), labels)
-    loss.backward()
-    optimizer.step()
-    return loss
+    return _learn(model, optimizer, images, labels)
 
 
 def every_bn_train(model, optimizer, images, labels):     # a plain model.train(): the "train" policy
     model.train()
-    optimizer.zero_grad()
-    loss = nn.functional.cross_entropy(model(images), labels)
-    loss.backward()
-    optimizer.step()
-    return loss
+    return _learn(model, optimizer, images, labels)
 
 
 def all_eval(model, optimizer, images, labels):
     model.eval()
-    optimizer.zero_grad()
-    loss = nn.functional.cross_entropy(model(images), labels)
-    loss.backward()
-    optimizer.step()
-    return loss
+    return _learn(model, optimizer, images, labels)
 
 
 def dropout_off(model, optimizer, images, labels):         # the right BatchNorm modes, Dropout off
-    model.train()
+    _frozen_bn_eval(model)
     for module in model.modules():
-        if isinstance(module, nn.Dropout) or (isinstance(module, nn.BatchNorm2d)
-                                              and not module.weight.requires_grad):
+        if isinstance(module, nn.Dropout):
             module.eval()
-    optimizer.zero_grad()
-    loss = nn.functional.cross_entropy(model(images), labels)
-    loss.backward()
-    optimizer.step()
-    return loss
+    return _learn(model, optimizer, images, labels)
 
 
 def no_step(model, optimizer, images, labels):
-    model.train()
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d) and not module.weight.requires_grad:
-            module.eval()
-    optimizer.zero_grad()
-    loss = nn.functional.cross_entropy(model(images), labels)
-    loss.backward()
-    return loss
+    _frozen_bn_eval(model)
+    return _learn(model, optimizer, images, labels, step=False)
 
 
 def no_return(model, optimizer, images, labels):
